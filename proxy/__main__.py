@@ -1,0 +1,5 @@
+"""`python -m proxy` is `crm-proxy`."""
+
+from .cli import main
+
+raise SystemExit(main())

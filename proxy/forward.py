@@ -1,0 +1,177 @@
+"""The proxying handler: route, then pass the request upstream and the answer back, both streamed.
+
+What goes upstream is the client's request minus hop-by-hop headers, re-framed by aiohttp, with
+X-Forwarded-* set by us. What comes back is upstream's answer, minus hop-by-hop headers; the header
+policy is applied by the request type when the response is prepared (see `protocol`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import Config, Network, Site
+from .policy import ResponseContext
+from .protocol import ProxyRequest, own_response
+from .routing import Router, Target, parse_target
+from .upstream import OutboundRequest, Transport, UpstreamError
+
+log = logging.getLogger("crm_proxy")
+
+#: RFC 9110 §7.6.1 plus the non-standard ones still seen in the wild.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+     "proxy-authenticate", "proxy-authorization"}
+)  # fmt: skip
+#: Client-supplied forwarding claims; replaced unless the peer is a trusted proxy.
+FORWARDING = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-server",
+     "x-forwarded-prefix", "x-real-ip", "forwarded"}
+)  # fmt: skip
+#: Framing the proxy redoes itself on each side.
+REFRAMED = frozenset({"content-length", "expect"})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded configuration, as the handler uses it; swapped whole on reload."""
+
+    config: Config
+    router: Router
+    trusted: tuple[Network, ...]
+    transport: Transport  # shared by every snapshot, so reloads keep the upstream pool warm
+
+    @classmethod
+    def of(cls, config: Config, transport: Transport) -> Snapshot:
+        return cls(config, Router(config.sites), config.proxy.trusted_proxies, transport)
+
+    def is_trusted(self, remote: str | None) -> bool:
+        if not self.trusted or not remote:
+            return False
+        try:
+            address = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
+
+
+def dropped_names(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Hop-by-hop names, including every one the `Connection` header lists."""
+    listed = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+    return HOP_BY_HOP | listed if listed else HOP_BY_HOP
+
+
+def copy_end_to_end(headers: CIMultiDictProxy[str], also_drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    drop = dropped_names(headers) | frozenset(also_drop)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def upstream_headers(request: ProxyRequest, site: Site, target: Target, trusted: bool, scheme: str) -> CIMultiDict[str]:
+    headers = copy_end_to_end(request.headers, REFRAMED | ({"host"} | (set() if trusted else FORWARDING)))
+    if request.content_length is not None and request.headers.get("Transfer-Encoding") is None:
+        headers["Content-Length"] = str(request.content_length)
+    if site.preserve_host and target.authority:
+        headers["Host"] = target.authority
+    remote = request.remote or ""
+    prior = headers.popall("X-Forwarded-For", []) if trusted else []
+    headers["X-Forwarded-For"] = ", ".join([*prior, remote]) if prior else remote
+    headers.setdefault("X-Forwarded-Proto", scheme)
+    if target.authority:
+        headers.setdefault("X-Forwarded-Host", target.authority)
+    return headers
+
+
+def effective_scheme(request: ProxyRequest, trusted: bool) -> str:
+    if request.secure:
+        return "https"
+    claimed = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() if trusted else ""
+    return "https" if claimed == "https" else "http"
+
+
+def refuse(request: ProxyRequest, status: int, detail: str) -> web.Response:
+    log.info("refused %s %s from %s: %d %s", request.method, request.raw_path[:200], request.remote, status, detail)
+    return own_response(status, detail)
+
+
+def body_of(request: ProxyRequest) -> object | None:
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return request.content if chunked or (request.content_length or 0) > 0 else None
+
+
+async def handle(request: ProxyRequest) -> web.StreamResponse:
+    """Route and forward one request; every early return is a refusal the policy still decorates."""
+    snapshot: Snapshot = request.context
+    if request.method == "CONNECT":
+        return refuse(request, 405, "CONNECT is not supported: this is a reverse proxy, not a forward proxy.")
+    target = parse_target(request.raw_path, request.headers.get("Host"))
+    if target.host is None:
+        if request.version >= (1, 1) or target.authority:
+            return refuse(request, 400, "The request names no valid host.")
+        return refuse(request, 421, "This proxy serves no site for this host.")
+    if not target.path_qs.startswith("/"):
+        return refuse(request, 400, "The request target must be a path.")
+    site = snapshot.router.match(target.host, target.path_qs)
+    if site is None:
+        return refuse(request, 421, "This proxy serves no site for this host.")
+    trusted = snapshot.is_trusted(request.remote)
+    scheme = effective_scheme(request, trusted)
+    request.policy = site.policy
+    request.policy_context = ResponseContext(
+        https=scheme == "https",
+        public_origin=f"{scheme}://{target.authority}" if target.authority else None,
+        upstream_hosts=frozenset((site.upstream_host, target.host)),
+    )
+    limit = snapshot.config.proxy.limits.max_body_bytes
+    if limit and (request.content_length or 0) > limit:
+        return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    outbound = OutboundRequest(
+        method=request.method,
+        url=URL(site.upstream_origin + target.path_qs, encoded=True),
+        headers=upstream_headers(request, site, target, trusted, scheme),
+        body=body_of(request),  # type: ignore[arg-type]
+        ssl=site.upstream_ssl,
+        server_hostname=site.upstream_tls.server_name or None,
+    )
+    try:
+        async with snapshot.transport.send(outbound) as answer:
+            response = web.StreamResponse(status=answer.status, reason=answer.reason)
+            response.headers.extend(copy_end_to_end(answer.headers, ("content-length",)))
+            length = answer.headers.get("Content-Length")
+            if length is not None and length.isdigit() and "Transfer-Encoding" not in answer.headers:
+                response.content_length = int(length)
+            await response.prepare(request)
+            try:
+                async for chunk in answer.chunks():
+                    await response.write(chunk)
+            except UpstreamError as exc:
+                log.warning("%s %s: %s; response cut short", site.name, exc.kind, exc.detail)
+                request.protocol.force_close()  # the client must see a truncated body, not a clean end
+                return response
+            except ConnectionError:
+                return response  # client went away; leaving the block drops the upstream connection
+            await response.write_eof()
+            return response
+    except UpstreamError as exc:
+        log.warning(
+            "%s: %s %s -> %d (%s: %s)",
+            site.name,
+            request.method,
+            target.path_qs[:200],
+            exc.status,
+            exc.kind,
+            exc.detail,
+        )
+        detail = (
+            "The upstream server did not answer in time."
+            if exc.status == 504
+            else "The upstream server could not be reached."
+        )
+        return own_response(exc.status, detail)

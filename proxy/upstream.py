@@ -1,0 +1,131 @@
+"""The transport to the upstream: send one request, stream its answer back.
+
+Everything the forwarding handler needs from a transport is `Transport.send`; the aiohttp client
+below is one implementation, configured so that it adds, decodes and follows nothing on its own.
+A faster transport can replace it without touching routing, policy or configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+#: Headers aiohttp's client would add by itself; a proxy sends only what the client sent.
+SKIPPED_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+CHUNK = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The upstream could not be used; `status` is what the client gets (502 or 504)."""
+
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail = status, kind, detail
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    method: str
+    url: URL  # already encoded, byte-for-byte the client's path and query
+    headers: CIMultiDict[str]
+    body: aiohttp.StreamReader | None
+    ssl: ssl.SSLContext | bool = True
+    server_hostname: str | None = None
+
+
+class InboundResponse(Protocol):
+    status: int
+    reason: str | None
+    headers: CIMultiDictProxy[str]
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+class Transport(Protocol):
+    def send(self, request: OutboundRequest) -> AbstractAsyncContextManager[InboundResponse]: ...
+
+    async def close(self) -> None: ...
+
+
+class _AiohttpResponse:
+    __slots__ = ("_response", "status", "reason", "headers")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status, self.reason, self.headers = response.status, response.reason, response.headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except TimeoutError as exc:
+                raise UpstreamError(504, "timeout", "upstream stopped sending the body") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(502, "protocol", f"upstream body failed: {exc!r}") from exc
+            if not chunk:  # a body cut short raises ClientPayloadError above, so this is the real end
+                return
+            yield chunk
+
+
+def classify(exc: BaseException) -> UpstreamError:
+    """Name what went wrong in the words an operator searches the log for."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return UpstreamError(502, "tls", f"TLS to upstream failed: {exc}")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamError(504, "timeout", "no connection to upstream within timeouts.upstream_connect")
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamError(504, "timeout", "no answer from upstream within timeouts.upstream_read")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(502, "refused", f"cannot connect to upstream: {exc.os_error}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamError(502, "protocol", "upstream closed the connection without answering")
+    return UpstreamError(502, "protocol", f"upstream failed: {exc!r}")
+
+
+class AiohttpTransport:
+    """One pooled, keep-alive `ClientSession` for all sites; create it inside the running loop."""
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=SKIPPED_AUTO_HEADERS,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout),
+            read_bufsize=CHUNK,
+        )
+
+    @asynccontextmanager
+    async def send(self, request: OutboundRequest) -> AsyncIterator[InboundResponse]:
+        try:
+            response = await self._session.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                data=request.body,
+                allow_redirects=False,
+                ssl=request.ssl,
+                server_hostname=request.server_hostname,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise classify(exc) from exc
+        try:
+            yield _AiohttpResponse(response)
+        finally:
+            if response.content.is_eof():
+                response.release()  # body read to the end: the connection goes back to the pool
+            else:
+                response.close()  # abandoned mid-body: never reuse a connection in an unknown state
+
+    async def close(self) -> None:
+        await self._session.close()
