@@ -96,7 +96,9 @@ def effective_scheme(request: ProxyRequest, trusted: bool) -> str:
 
 def refuse(request: ProxyRequest, status: int, detail: str) -> web.Response:
     log.info("refused %s %s from %s: %d %s", request.method, request.raw_path[:200], request.remote, status, detail)
-    return own_response(status, detail)
+    response = own_response(status, detail)
+    response.force_close()  # a refused connection is not reused: 421 means "not on this connection"
+    return response
 
 
 def body_of(request: ProxyRequest) -> object | None:
