@@ -68,8 +68,16 @@ def dropped_names(headers: CIMultiDictProxy[str]) -> frozenset[str]:
 
 
 def copy_end_to_end(headers: CIMultiDictProxy[str], also_drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """Every end-to-end field line, in order, duplicates kept.
+
+    Repeats take the first line's spelling of the name: aiohttp's client merges request headers
+    by exact-case name and would drop `x-custom` after `X-Custom` otherwise.
+    """
     drop = dropped_names(headers) | frozenset(also_drop)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    spelling: dict[str, str] = {}
+    return CIMultiDict(
+        (spelling.setdefault(k.lower(), k), v) for k, v in headers.items() if k.lower() not in drop
+    )
 
 
 def upstream_headers(request: ProxyRequest, site: Site, target: Target, trusted: bool, scheme: str) -> CIMultiDict[str]:

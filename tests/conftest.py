@@ -133,6 +133,18 @@ def parse_raw(raw: bytes) -> RawResponse:
     return RawResponse(lines[0], headers, body, raw)  # type: ignore[arg-type]
 
 
+def complete(raw: bytes) -> bool:
+    """True once a response with a Content-Length has all of its body (no need to wait for close)."""
+    head, found, body = raw.partition(b"\r\n\r\n")
+    if not found or head.startswith(b"HTTP/1.1 100 "):
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return len(body) >= int(value)
+    return False
+
+
 async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> RawResponse:
     """Send bytes as they are and read until the server closes (or the timeout passes)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -150,6 +162,8 @@ async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> RawRespon
             if not chunk:
                 break
             chunks.append(chunk)
+            if complete(b"".join(chunks)):
+                break
         return parse_raw(b"".join(chunks))
     finally:
         writer.close()

@@ -308,7 +308,8 @@ FRAGMENTS = [
     "default-src 'self'", "img-src *", "camera=()", "(self)", '"https://a.example"', '"cache"', "no-store",
     "?1", "on", ",", ";", "=", " ", "\t", '"', "\\", "(", ")", "\r\n", "\x00", "\u00e9", "\u212a",
 ]  # fmt: skip
-VALUES = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), max_size=6).map("".join)
+PIECES = st.one_of(st.sampled_from(FRAGMENTS), st.sampled_from([value for _, _, value in VALID]), st.text(max_size=8))
+VALUES = st.lists(PIECES, max_size=6).map("".join) | st.lists(PIECES, min_size=1, max_size=3).map(", ".join) | PIECES
 NAMES = st.one_of(
     st.sampled_from(sorted(KNOWN_HEADERS)), st.sampled_from(sorted(KNOWN_HEADERS)).map(str.upper), st.text()
 )
