@@ -75,9 +75,7 @@ def copy_end_to_end(headers: CIMultiDictProxy[str], also_drop: Iterable[str] = (
     """
     drop = dropped_names(headers) | frozenset(also_drop)
     spelling: dict[str, str] = {}
-    return CIMultiDict(
-        (spelling.setdefault(k.lower(), k), v) for k, v in headers.items() if k.lower() not in drop
-    )
+    return CIMultiDict((spelling.setdefault(k.lower(), k), v) for k, v in headers.items() if k.lower() not in drop)
 
 
 def upstream_headers(request: ProxyRequest, site: Site, target: Target, trusted: bool, scheme: str) -> CIMultiDict[str]:

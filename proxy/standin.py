@@ -98,12 +98,9 @@ _GZIP_BODY = gzip.compress(GZIP_PLAIN, mtime=0)
 _IIS_TEXT = {
     401: "You do not have permission to view this directory or page using the credentials that you supplied.",
     403: "You do not have permission to view this directory or page.",
-    404: "The resource you are looking for has been removed, had its name changed, "
-    "or is temporarily unavailable.",
-    405: "The page you are looking for cannot be displayed because an invalid method (HTTP verb) "
-    "is being used.",
-    500: "Internal Server Error: there is a problem with the resource you are looking for, "
-    "and it cannot be displayed.",
+    404: "The resource you are looking for has been removed, had its name changed, or is temporarily unavailable.",
+    405: "The page you are looking for cannot be displayed because an invalid method (HTTP verb) is being used.",
+    500: "Internal Server Error: there is a problem with the resource you are looking for, and it cannot be displayed.",
     502: "Web server received an invalid response while acting as a gateway or proxy server.",
     503: "Service Unavailable",
 }
@@ -123,9 +120,9 @@ def iis_error(status: int) -> web.Response:
         return web.Response(status=status, reason=_reason(status))
     text = _IIS_TEXT.get(status, _reason(status))
     page = (
-        "<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Strict//EN\">\n<html><head>"
+        '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN">\n<html><head>'
         f"<title>{status} - {html.escape(_reason(status))}</title></head><body>"
-        "<div id=\"header\"><h1>Server Error</h1></div><div id=\"content\"><fieldset>"
+        '<div id="header"><h1>Server Error</h1></div><div id="content"><fieldset>'
         f"<h2>{status} - {html.escape(_reason(status))}.</h2><h3>{html.escape(text)}</h3>"
         "</fieldset></div></body></html>\n"
     )
@@ -235,7 +232,7 @@ async def logon_post(request: web.Request) -> web.Response:
     """POST eware.dll/go: a session in ``SID`` and an absolute http:// redirect to the desk."""
     form = dict(parse_qsl(request[_HEAD].decode("latin-1")))
     if not form.get("EWARE_USERID"):
-        return _logon(request, "<p class=\"ErrorContent\">Please enter your user name.</p>\n")
+        return _logon(request, '<p class="ErrorContent">Please enter your user name.</p>\n')
     sid = str(secrets.randbelow(9 * 10**14) + 10**14)
     location = f"http://{_host(request)}/{request.app[_NAME]}/eware.dll/Do?SID={sid}&Act=200"
     headers = _eware_headers(("Location", location), ("Set-Cookie", f"crmsession={sid}; path=/"))
@@ -246,16 +243,21 @@ async def screen(request: web.Request) -> web.StreamResponse:
     """GET eware.dll/Do: a CRM screen, a library download (Act=1282) or a slow export (1410/1411)."""
     act = request.query.get("Act", "")
     if act == "1282":
-        return await _send_pattern(request, int(request.query.get("size", 1024 * 1024)), chunked=False,
-                                   headers=_eware_headers(
-                                       ("Content-Type", "application/octet-stream"),
-                                       ("Content-Disposition", 'attachment; filename="doc.bin"')))
+        return await _send_pattern(
+            request,
+            int(request.query.get("size", 1024 * 1024)),
+            chunked=False,
+            headers=_eware_headers(
+                ("Content-Type", "application/octet-stream"), ("Content-Disposition", 'attachment; filename="doc.bin"')
+            ),
+        )
     if act in ("1410", "1411"):
         await asyncio.sleep(float(request.query.get("delay", 2)))
         xlsx = b"PK\x03\x04" + pattern_bytes(0, 2048)
         headers = _eware_headers(("Content-Disposition", 'attachment; filename="report.xlsx"'))
-        return web.Response(body=xlsx, headers=headers,
-                            content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+        return web.Response(
+            body=xlsx, headers=headers, content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        )
     headers = _eware_headers(
         ("X-Frame-Options", "SAMEORIGIN"),
         ("X-Frame-Options", "DENY"),
@@ -269,8 +271,9 @@ async def screen(request: web.Request) -> web.StreamResponse:
 async def screen_post(request: web.Request) -> web.Response:
     """POST eware.dll/Do: the EntryForm was saved; redirect (absolute http://) to the same screen."""
     location = f"http://{_host(request)}{request.raw_path}"
-    return web.Response(status=302, headers=_eware_headers(("Location", location)), text="Object moved",
-                        content_type="text/html")
+    return web.Response(
+        status=302, headers=_eware_headers(("Location", location)), text="Object moved", content_type="text/html"
+    )
 
 
 # --- Sage CRM: SData (Tomcat behind ARR) -----------------------------------------------
@@ -297,8 +300,11 @@ def _sdata_json(data: object, status: int = 200, headers: dict[str, str] | None 
 
 def _refused() -> web.Response:
     """401 the way CRM sends it: no WWW-Authenticate, so browsers never prompt."""
-    diag = {"$diagnoses": [{"$severity": "error", "$sdataCode": "AuthenticationRequired",
-                            "$message": "Authentication required"}]}
+    diag = {
+        "$diagnoses": [
+            {"$severity": "error", "$sdataCode": "AuthenticationRequired", "$message": "Authentication required"}
+        ]
+    }
     return _sdata_json(diag, status=401)
 
 
@@ -317,12 +323,14 @@ async def sdata_v1(request: web.Request) -> web.Response:
     keys = [key] if key is not None else ["43", "44"]
     entries = "".join(
         f"<entry><id>{html.escape(base)}{kind}('{k}')</id><title>{kind} {k}</title>"
-        f"<link rel=\"self\" href=\"{html.escape(base)}{kind}('{k}')\"/>"
-        f"<sdata:payload><{kind} sdata:key=\"{k}\"><Name>Gatecom {k}</Name></{kind}></sdata:payload></entry>"
+        f'<link rel="self" href="{html.escape(base)}{kind}(\'{k}\')"/>'
+        f'<sdata:payload><{kind} sdata:key="{k}"><Name>Gatecom {k}</Name></{kind}></sdata:payload></entry>'
         for k in keys
     )
-    ns = ('xmlns="http://www.w3.org/2005/Atom" xmlns:sdata="http://schemas.sage.com/sdata/2008/1" '
-          'xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/"')
+    ns = (
+        'xmlns="http://www.w3.org/2005/Atom" xmlns:sdata="http://schemas.sage.com/sdata/2008/1" '
+        'xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/"'
+    )
     if key is not None:
         xml, kind_type = entries.replace("<entry>", f"<entry {ns}>", 1), "entry"
     else:
@@ -349,8 +357,9 @@ async def sdata_rest(request: web.Request) -> web.Response:
 
     if key is None and request.method == "GET":
         res = [resource(k) for k in records]
-        return _sdata_json({"$baseUrl": base, "$totalResults": len(res), "$startIndex": 1,
-                            "$itemsPerPage": 100, "$resources": res})
+        return _sdata_json(
+            {"$baseUrl": base, "$totalResults": len(res), "$startIndex": 1, "$itemsPerPage": 100, "$resources": res}
+        )
     if key is None and request.method == "POST":
         new = str(max((int(k) for k in records if k.isdigit()), default=0) + 1)
         records[new] = _json_body(request)
@@ -391,9 +400,15 @@ async def notifications(request: web.Request) -> web.Response:
 async def echo(request: web.Request) -> web.Response:
     """Any method under /echo: what arrived, as JSON."""
     rec = request[_REQ]
-    return web.json_response({"method": rec.method, "raw_path": rec.raw_path,
-                              "headers": [list(h) for h in rec.headers],
-                              "body_length": rec.body_length, "body_sha256": rec.body_sha256})
+    return web.json_response(
+        {
+            "method": rec.method,
+            "raw_path": rec.raw_path,
+            "headers": [list(h) for h in rec.headers],
+            "body_length": rec.body_length,
+            "body_sha256": rec.body_sha256,
+        }
+    )
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -428,8 +443,9 @@ async def _write_pattern(request: web.Request, resp: web.StreamResponse, total: 
         await resp.write(pattern_bytes(off, min(CHUNK, total - off)))
 
 
-async def _send_pattern(request: web.Request, total: int, *, chunked: bool,
-                        headers: CIMultiDict[str] | None = None) -> web.StreamResponse:
+async def _send_pattern(
+    request: web.Request, total: int, *, chunked: bool, headers: CIMultiDict[str] | None = None
+) -> web.StreamResponse:
     """Stream ``total`` pattern bytes in 64 KiB writes, with Content-Length or chunked."""
     resp = web.StreamResponse(headers=headers)
     if chunked:
@@ -478,8 +494,7 @@ async def drip(request: web.Request) -> web.StreamResponse:
 async def etag(request: web.Request) -> web.Response:
     """/etag: conditional GET; the 304 keeps the doubled X-Frame-Options lines."""
     if request.headers.get("If-None-Match") == '"v1"':
-        headers = CIMultiDict([("ETag", '"v1"'), ("X-Frame-Options", "SAMEORIGIN"),
-                               ("X-Frame-Options", "SAMEORIGIN")])
+        headers = CIMultiDict([("ETag", '"v1"'), ("X-Frame-Options", "SAMEORIGIN"), ("X-Frame-Options", "SAMEORIGIN")])
         return web.Response(status=304, headers=headers)
     return web.Response(text="version 1", headers={"ETag": '"v1"'})
 
@@ -498,12 +513,15 @@ async def refresh(request: web.Request) -> web.Response:
 
 async def cookies(request: web.Request) -> web.Response:
     """/cookies: a mix of flagless and flagged Set-Cookie lines."""
-    headers = CIMultiDict(("Set-Cookie", c) for c in (
-        "ASP.NET_SessionId=abc; path=/",
-        "JSESSIONID=def; Path=/sdata; HttpOnly",
-        "pref=1; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Path=/",
-        "already=1; Secure; HttpOnly; SameSite=Strict",
-    ))
+    headers = CIMultiDict(
+        ("Set-Cookie", c)
+        for c in (
+            "ASP.NET_SessionId=abc; path=/",
+            "JSESSIONID=def; Path=/sdata; HttpOnly",
+            "pref=1; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Path=/",
+            "already=1; Secure; HttpOnly; SameSite=Strict",
+        )
+    )
     return web.Response(text="cookies", headers=headers)
 
 

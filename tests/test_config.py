@@ -125,7 +125,10 @@ def test_python_dash_m_runs_the_cli() -> None:
     ("sites", "expected"),
     [
         (
-            {"a": 'hosts = ["crm.example.com"]\nupstream = "http://a"\n', "b": 'hosts = ["CRM.example.com"]\nupstream = "http://b"\n'},
+            {
+                "a": 'hosts = ["crm.example.com"]\nupstream = "http://a"\n',
+                "b": 'hosts = ["CRM.example.com"]\nupstream = "http://b"\n',
+            },
             'sites/b.toml: paths: host "crm.example.com" with prefix "/" is also claimed by sites/a.toml',
         ),
         ({"a": 'hosts = []\nupstream = "http://a"\n'}, "sites/a.toml: hosts: must name at least one host"),
@@ -142,7 +145,10 @@ def test_python_dash_m_runs_the_cli() -> None:
             "sites/a.toml: hsts.preload: the preload list requires max_age >= 31536000 and include_subdomains = true",
         ),
         (
-            {"a": 'hosts = ["a.example"]\nupstream = "http://a"\n[headers.set]\nX-Frame-Options = "DENY, SAMEORIGIN"\n'},
+            {
+                "a": 'hosts = ["a.example"]\nupstream = "http://a"\n'
+                '[headers.set]\nX-Frame-Options = "DENY, SAMEORIGIN"\n'
+            },
             'sites/a.toml: headers.set.X-Frame-Options: invalid value "DENY, SAMEORIGIN": conflicting values DENY and '
             "SAMEORIGIN (browsers then block framing or ignore the header)",
         ),

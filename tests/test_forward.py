@@ -80,7 +80,9 @@ async def test_forwarded_headers_replace_client_claims(proxy: Proxy, upstream: U
 
 
 async def test_trusted_proxy_claims_are_appended(upstream: Upstream, start_proxy: StartProxy) -> None:
-    proxy_toml = '[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:0"]\n[forwarded]\ntrusted_proxies = ["127.0.0.1/32"]\n'
+    proxy_toml = (
+        '[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:0"]\n[forwarded]\ntrusted_proxies = ["127.0.0.1/32"]\n'
+    )
     proxy = await start_proxy({"crm": site_toml(upstream)}, proxy_toml)
     request = (
         b"GET /echo HTTP/1.1\r\nHost: crm.example.com\r\nX-Forwarded-For: 203.0.113.9\r\n"
@@ -99,7 +101,7 @@ async def test_preserve_host_false_sends_the_upstream_address(upstream: Upstream
 
 
 async def test_routing_by_host_and_longest_prefix(upstream: Upstream, start_proxy: StartProxy) -> None:
-    crm = site_toml(upstream, "[headers.set]\nX-Site = \"crm\"\n", hosts='["crm.example.com"]')
+    crm = site_toml(upstream, '[headers.set]\nX-Site = "crm"\n', hosts='["crm.example.com"]')
     sdata = site_toml(upstream, 'paths = ["/sdata/"]\n[headers.set]\nX-Site = "sdata"\n', hosts='["CRM.example.com"]')
     proxy = await start_proxy({"crm": crm, "sdata": sdata})
     cases = {
@@ -125,7 +127,9 @@ async def test_absolute_form_for_a_configured_host_is_served(proxy: Proxy, upstr
 
 async def test_connect_is_refused(proxy: Proxy, upstream: Upstream) -> None:
     before = len(upstream.recorded)
-    response = await raw_request(proxy.port, b"CONNECT crm.example.com:443 HTTP/1.1\r\nHost: crm.example.com:443\r\n\r\n")
+    response = await raw_request(
+        proxy.port, b"CONNECT crm.example.com:443 HTTP/1.1\r\nHost: crm.example.com:443\r\n\r\n"
+    )
     assert response.status in (400, 405)
     assert response.get_all("X-Content-Type-Options") == ["nosniff"]
     assert len(upstream.recorded) == before

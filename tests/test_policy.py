@@ -178,7 +178,9 @@ async def test_refusals_carry_headers_and_no_banner(proxy: Proxy, request_bytes:
 
 async def test_upstream_down_is_502_with_site_policy(upstream: Upstream, start_proxy: StartProxy) -> None:
     proxy = await start_proxy({"crm": site_toml(upstream).replace(upstream.origin, "http://127.0.0.1:9")})
-    response = await raw_request(proxy.port, b"GET /crm/ HTTP/1.1\r\nHost: crm.example.com\r\nConnection: close\r\n\r\n")
+    response = await raw_request(
+        proxy.port, b"GET /crm/ HTTP/1.1\r\nHost: crm.example.com\r\nConnection: close\r\n\r\n"
+    )
     assert response.status == 502
     assert response.get_all("X-Frame-Options") == ["SAMEORIGIN"]  # the site's policy, not the refusal one
     assert response.get_all("X-XSS-Protection") == ["1; mode=block"]
@@ -237,7 +239,9 @@ async def test_locations_point_at_the_public_origin(
 
 
 async def test_location_rewritten_to_https_for_trusted_balancer(upstream: Upstream, start_proxy: StartProxy) -> None:
-    proxy_toml = '[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:0"]\n[forwarded]\ntrusted_proxies = ["127.0.0.0/8"]\n'
+    proxy_toml = (
+        '[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:0"]\n[forwarded]\ntrusted_proxies = ["127.0.0.0/8"]\n'
+    )
     proxy = await start_proxy({"crm": site_toml(upstream)}, proxy_toml)
     request = (
         b"GET /redirect?to=/crm/ HTTP/1.1\r\nHost: crm.example.com\r\nX-Forwarded-Proto: https\r\n"

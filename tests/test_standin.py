@@ -72,11 +72,11 @@ async def test_logon_page_headers(client: TestClient) -> None:
 
 async def test_logon_post_redirects_absolute_http(client: TestClient) -> None:
     form = {"EWARE_USERID": "admin", "PASSWORD": "", "BrowserSupportsJavascript": "1"}
-    resp = await client.post("/crm/eware.dll/go", data=form, headers={"Host": "crm.internal:8080"},
-                             allow_redirects=False)
+    resp = await client.post(
+        "/crm/eware.dll/go", data=form, headers={"Host": "crm.internal:8080"}, allow_redirects=False
+    )
     assert resp.status == 302
-    assert re.fullmatch(r"http://crm\.internal:8080/crm/eware\.dll/Do\?SID=\d{15}&Act=200",
-                        resp.headers["Location"])
+    assert re.fullmatch(r"http://crm\.internal:8080/crm/eware\.dll/Do\?SID=\d{15}&Act=200", resp.headers["Location"])
     assert "Refresh" not in resp.headers
     cookie = resp.headers["Set-Cookie"]
     assert "secure" not in cookie.lower() and "httponly" not in cookie.lower()
@@ -118,8 +118,9 @@ async def test_report_export(client: TestClient) -> None:
 
 
 async def test_screen_post_redirects_back(client: TestClient) -> None:
-    resp = await client.post("/crm/eware.dll/Do?SID=123&Act=200", data={"comp_name": "x"},
-                             headers={"Host": "iis"}, allow_redirects=False)
+    resp = await client.post(
+        "/crm/eware.dll/Do?SID=123&Act=200", data={"comp_name": "x"}, headers={"Host": "iis"}, allow_redirects=False
+    )
     assert resp.status == 302
     assert resp.headers["Location"] == "http://iis/crm/eware.dll/Do?SID=123&Act=200"
 
@@ -141,8 +142,11 @@ async def test_root_and_unknown_crm_paths(client: TestClient) -> None:
 
 
 async def test_sdata_refuses_without_auth(client: TestClient) -> None:
-    for path in ("/sdata/crmj/sagecrm/-/company('43')", "/sdata/crmj/sagecrm2/-/Company",
-                 "/sdata/crmj/userdata?Action=getNotifications"):
+    for path in (
+        "/sdata/crmj/sagecrm/-/company('43')",
+        "/sdata/crmj/sagecrm2/-/Company",
+        "/sdata/crmj/userdata?Action=getNotifications",
+    ):
         resp = await client.get(path)
         assert resp.status == 401, path
         assert "WWW-Authenticate" not in resp.headers
@@ -219,8 +223,9 @@ async def test_recorder_keeps_case_duplicates_and_body_hash(client: TestClient) 
 async def test_recorder_on_raw_wire(client: TestClient) -> None:
     """Bytes on the wire, so nothing client-side merges or re-cases the header lines."""
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    writer.write(b"GET /echo?a=%2F&b=('1') HTTP/1.1\r\nHost: crm.internal\r\nx-dup: 1\r\n"
-                 b"X-DUP: 2\r\nConnection: close\r\n\r\n")
+    writer.write(
+        b"GET /echo?a=%2F&b=('1') HTTP/1.1\r\nHost: crm.internal\r\nx-dup: 1\r\nX-DUP: 2\r\nConnection: close\r\n\r\n"
+    )
     await writer.drain()
     reply = await reader.read()
     writer.close()
@@ -313,8 +318,9 @@ async def test_large_framing(client: TestClient, chunked: bool) -> None:
         assert resp.headers["Content-Length"] == str(size) and "Transfer-Encoding" not in resp.headers
 
 
-@pytest.mark.parametrize("path", ["/large?bytes=100000", "/large?bytes=1000&chunked=1", "/drip?chunks=2",
-                                  "/crm/eware.dll/Do?Act=1282"])
+@pytest.mark.parametrize(
+    "path", ["/large?bytes=100000", "/large?bytes=1000&chunked=1", "/drip?chunks=2", "/crm/eware.dll/Do?Act=1282"]
+)
 async def test_head_sends_no_body(client: TestClient, path: str) -> None:
     """A streamed body on HEAD would corrupt the next response on the kept-alive connection."""
     for _ in range(2):
