@@ -18,12 +18,27 @@ class Target:
 
 
 def split_authority(authority: str) -> str:
-    """`Crm.Example.com:8443` -> `crm.example.com`; `[::1]:80` -> `[::1]`."""
+    """`Crm.Example.com:8443` -> `crm.example.com`; `[::1]:80` -> `[::1]`; "" when it is no authority.
+
+    The authority ends up in the public URLs the proxy writes (Location), so a port must be digits.
+    """
     host = authority.strip().lower()
+    port = ""
     if host.startswith("["):
         end = host.find("]")
-        return host[: end + 1] if end > 0 else host
-    return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")
+        if end < 0:
+            return ""
+        host, port = host[: end + 1], host[end + 1 :]
+        if port and not port.startswith(":"):
+            return ""
+        port = port[1:]
+    elif ":" in host:
+        host, port = host.rsplit(":", 1)
+        if ":" in host:
+            return ""
+    if (port and not port.isdigit()) or any(c in host for c in "/\\@ ,"):
+        return ""
+    return host.rstrip(".")
 
 
 def parse_target(raw_target: str, host_header: str | None) -> Target:
@@ -38,7 +53,7 @@ def parse_target(raw_target: str, host_header: str | None) -> Target:
         return Target(split_authority(authority) or None, authority or None, path_qs)
     if host_header is None or not host_header.strip():
         return Target(None, None, raw_target)
-    return Target(split_authority(host_header), host_header.strip(), raw_target)
+    return Target(split_authority(host_header) or None, host_header.strip(), raw_target)
 
 
 class Router:
