@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", type=Path, default=Path("config"), help="directory with proxy.toml and sites/")
+    commands.add_parser("audit", help="report a URL's security headers, cookies, redirect and TLS (docs/audit.md)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["audit"]:  # audit has its own parser and options
+        from .audit import main as audit_main
+
+        return audit_main(argv[1:])
     args = parser.parse_args(argv)
 
     config = load_or_report(args.config)
@@ -85,5 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print_check(config)
         return 0
     configure(config.proxy.log_format)
-    run(serve(config))
+    try:
+        run(serve(config))
+    except OSError as exc:  # typically a port in use or a privileged port
+        print(f"crm-proxy: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0

@@ -94,7 +94,11 @@ class ProxyService:
 
 
 async def run_until_stopped(service: ProxyService, stop: asyncio.Event) -> None:
-    await service.start()
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()  # a listener that could not bind: release the ones that did
+        raise
     try:
         await stop.wait()
     finally:

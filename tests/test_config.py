@@ -169,3 +169,18 @@ def test_single_problems(tmp_path: Path, sites: dict[str, str], expected: str) -
     with pytest.raises(ConfigError) as caught:
         load_config(write_config(tmp_path, "", sites))
     assert [str(p) for p in caught.value.problems] == [expected]
+
+
+def test_serve_on_a_busy_port_says_so_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proxy_toml = f'[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:{port}"]\n[admin]\nlisten = ""\n'
+        directory = write_config(tmp_path, proxy_toml, {"a": 'hosts = ["a.example"]\nupstream = "http://a"\n'})
+        assert main(["serve", "--config", str(directory)]) == 1
+    err = capsys.readouterr().err
+    assert f"crm-proxy: cannot listen: error while attempting to bind on address ('127.0.0.1', {port})" in err
+    assert "Traceback" not in err
