@@ -29,6 +29,7 @@ class ProxyService:
         self._snapshot: Snapshot | None = None
         self._transport: AiohttpTransport | None = None
         self._runners: list[web.BaseRunner] = []
+        self._kinds: list[str] = []  # "plain", "https" or "http", one per runner
 
     @property
     def snapshot(self) -> Snapshot:
@@ -53,7 +54,7 @@ class ProxyService:
         )
 
     async def _listen(
-        self, server: web.Server, addresses: tuple[Address, ...], ssl_context: ssl.SSLContext | None = None
+        self, kind: str, server: web.Server, addresses: tuple[Address, ...], ssl_context: ssl.SSLContext | None = None
     ) -> None:
         if not addresses:
             return
@@ -62,6 +63,7 @@ class ProxyService:
         )
         await runner.setup()
         self._runners.append(runner)
+        self._kinds.append(kind)
         for address in addresses:
             site = web.TCPSite(
                 runner, address.host, address.port, reuse_address=True, backlog=1024, ssl_context=ssl_context
@@ -78,15 +80,19 @@ class ProxyService:
         for warning in self.config.warnings:
             log.warning("%s", warning)
         listen = self.config.proxy.listen
-        await self._listen(self._proxy_server(), listen.plain)
+        await self._listen("plain", self._proxy_server(), listen.plain)
         if listen.https:
             context = listener_context(self.config.proxy.tls.min_version, self._certificates)
-            await self._listen(self._proxy_server(handle_tls), listen.https, context)
-        await self._listen(self._proxy_server(handle_redirect), listen.http)
+            await self._listen("https", self._proxy_server(handle_tls), listen.https, context)
+        await self._listen("http", self._proxy_server(handle_redirect), listen.http)
 
     def bound(self) -> list[tuple[str, int]]:
         """(host, port) of every listening socket, so tests and `lab` can use port 0."""
         return [addr[:2] for runner in self._runners for addr in runner.addresses]
+
+    def ports(self, kind: str) -> list[int]:
+        """Bound ports of one kind of listener ("plain", "https", "http")."""
+        return [a[1] for r, k in zip(self._runners, self._kinds, strict=True) if k == kind for a in r.addresses]
 
     def reload(self, directory: Path | None = None) -> bool:
         """Swap in a freshly loaded configuration; keep the running one if it has any problem."""
@@ -116,6 +122,7 @@ class ProxyService:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        self._kinds.clear()
         if self._transport is not None:
             await self._transport.close()
 

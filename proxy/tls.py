@@ -100,7 +100,7 @@ class Source:
     @property
     def slot(self) -> str:
         """Stable identity across reloads: the same files mean the same certificate slot."""
-        return str(self.pfx) if self.pfx is not None else f"{self.cert}|{self.key}"
+        return f"{self.pfx}|{self.pfx_password_env}" if self.pfx is not None else f"{self.cert}|{self.key}"
 
     @property
     def main_key(self) -> str:
@@ -310,21 +310,27 @@ def load_all(
     now = now or datetime.now(UTC)
     errors: list[Issue] = []
     warnings: list[Issue] = []
-    cache: dict[str, Loaded | None] = {}
+    cache: dict[str, Loaded | CertificateError] = {}
+    reported: set[tuple[str, str]] = set()
 
     def get(source: Source) -> Loaded | None:
         if source.slot not in cache:
             try:
-                loaded: Loaded | None = load(source, min_version, now)
+                cache[source.slot] = load(source, min_version, now)
             except CertificateError as exc:
-                errors.append((source.file, exc.key, exc.message))
-                loaded = None
-            if loaded is not None and loaded.not_after - now < EXPIRY_WARNING:
-                days = (loaded.not_after - now).days
-                when = f"{loaded.not_after:%Y-%m-%d %H:%M} UTC"
-                warnings.append((source.file, source.main_key, f"the certificate expires in {days} day(s), on {when}"))
-            cache[source.slot] = loaded
-        return cache[source.slot]
+                cache[source.slot] = exc
+        found = cache[source.slot]
+        if (source.file, source.slot) in reported:
+            return found if isinstance(found, Loaded) else None
+        reported.add((source.file, source.slot))  # each file that declares a broken certificate hears of it
+        if isinstance(found, CertificateError):
+            errors.append((source.file, found.key, found.message))
+            return None
+        if found.not_after - now < EXPIRY_WARNING:
+            when = f"{found.not_after:%Y-%m-%d %H:%M} UTC"
+            days = (found.not_after - now).days
+            warnings.append((source.file, source.main_key, f"the certificate expires in {days} day(s), on {when}"))
+        return found
 
     default_loaded = get(default) if default.declared else None
     by_host: dict[str, Loaded] = {}
