@@ -138,7 +138,7 @@ def header_table(without: list[tuple[str, str]], with_proxy: list[tuple[str, str
             names.setdefault(name.lower(), name)
 
     def values(lines: list[tuple[str, str]], name: str) -> list[str]:
-        return [v if len(v) <= 58 else v[:55] + "..." for k, v in lines if k.lower() == name] or ["-"]
+        return [v if len(v) <= 90 else v[:87] + "..." for k, v in lines if k.lower() == name] or ["-"]
 
     rows = [("header", "without the proxy", "with the proxy")]
     for lower, name in names.items():

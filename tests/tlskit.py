@@ -56,6 +56,10 @@ def make_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     )
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    if issuer is not None:  # strict verifiers (sslyze's, browsers') want the chain linked by key identifiers
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key())
+        builder = builder.add_extension(aki, critical=False)
     signer = issuer[1] if issuer else key
     return builder.sign(signer, hashes.SHA256()), key
 
