@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, ConfigError, load_config
-from .lab import LabOptions, default_state_dir, run_lab
+from .lab import LabError, LabOptions, default_state_dir, run_lab
 from .logs import configure
 from .server import ProxyService, run_until_stopped
 
@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             run(lab_main(options))
         except OSError as exc:  # typically the port is taken
             print(f"crm-proxy lab: {exc} (choose other ports with --https-port/--http-port)", file=sys.stderr)
+            return 1
+        except LabError as exc:
+            print(f"crm-proxy lab: {exc}", file=sys.stderr)
             return 1
         return 0
 

@@ -30,6 +30,10 @@ PAGE = "/crm/eware.dll/go"  # the logon page: the stand-in doubles headers and s
 LAB_HSTS_MAX_AGE = 300
 
 
+class LabError(Exception):
+    """A problem the lab explains in one line instead of a traceback."""
+
+
 def default_state_dir() -> Path:
     """Where the lab keeps its CA: %LOCALAPPDATA% on Windows, $XDG_STATE_HOME (~/.local/state) elsewhere."""
     if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
@@ -48,7 +52,10 @@ def lab_ca(state: Path) -> trustme.CA:
     """The lab's CA: loaded from the state folder, or made and saved there on the first start."""
     cert, key = state / "ca.pem", state / "ca-key.pem"
     if cert.is_file() and key.is_file():
-        return trustme.CA.from_pem(cert.read_bytes(), key.read_bytes())
+        try:
+            return trustme.CA.from_pem(cert.read_bytes(), key.read_bytes())
+        except (ValueError, TypeError) as exc:
+            raise LabError(f"cannot use the lab CA in {state} ({exc}); delete that folder to make a new one") from exc
     state.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="crm-proxy lab")
     _write_private(key, ca.private_key_pem.bytes())

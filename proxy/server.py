@@ -30,6 +30,7 @@ class ProxyService:
         self._transport: AiohttpTransport | None = None
         self._runners: list[web.BaseRunner] = []
         self._kinds: list[str] = []  # "plain", "https" or "http", one per runner
+        self._expiry_watch: asyncio.Task[None] | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -85,6 +86,15 @@ class ProxyService:
             context = listener_context(self.config.proxy.tls.min_version, self._certificates)
             await self._listen("https", self._proxy_server(handle_tls), listen.https, context)
         await self._listen("http", self._proxy_server(handle_redirect), listen.http)
+        if listen.https:
+            self._expiry_watch = asyncio.create_task(self._watch_expiry())
+
+    async def _watch_expiry(self, every: float = 86400) -> None:
+        """Once a day, log certificates that expire soon: a proxy runs for months between restarts."""
+        while True:
+            await asyncio.sleep(every)
+            for note in self.snapshot.config.certificates.expiry_notes():
+                log.warning("%s", note)
 
     def bound(self) -> list[tuple[str, int]]:
         """(host, port) of every listening socket, so tests and `lab` can use port 0."""
@@ -119,6 +129,9 @@ class ProxyService:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams."""
+        if self._expiry_watch is not None:
+            self._expiry_watch.cancel()
+            self._expiry_watch = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -289,6 +289,23 @@ class Certificates:
             seen.setdefault(loaded.slot, loaded)
         return list(seen.values())
 
+    def expiry_notes(self, now: datetime | None = None) -> list[str]:
+        """Certificates expired or expiring within 14 days, for the daily log line of a long-running proxy."""
+        now = now or datetime.now(UTC)
+        notes = []
+        for loaded in self.all():
+            left = loaded.not_after - now
+            where = f"{loaded.source.file}: {loaded.source.main_key}"
+            if left <= timedelta(0):
+                notes.append(
+                    f"{where}: the certificate EXPIRED on {loaded.not_after:%Y-%m-%d %H:%M} UTC: renew and reload"
+                )
+            elif left < EXPIRY_WARNING:
+                notes.append(
+                    f"{where}: the certificate expires in {left.days} day(s), on {loaded.not_after:%Y-%m-%d} UTC"
+                )
+        return notes
+
     def misdirected(self, ssl_object: Any, host: str) -> bool:
         """True when the connection's certificate is not the one that serves `host` (answer 421).
 

@@ -201,6 +201,40 @@ async def test_pfx_with_password_from_the_environment(
     assert got.names == ["crm.test"] and got.response.status == 200
 
 
+async def test_pfx_without_a_password(upstream: Upstream, start_proxy: StartProxy, ca: trustme.CA, certs: Path) -> None:
+    pfx = write_pfx(ca, certs, "open", None, "open.test")
+    proxy = await start_proxy({"crm": tls_site(upstream, ["open.test"], extra=f'[tls]\npfx = "{pfx}"\n')}, HTTPS_ONLY)
+    got = await tls_get(proxy.service.ports("https")[0], "open.test")
+    assert got.names == ["open.test"] and got.response.status == 200
+
+
+def test_hsts_withheld_when_the_default_certificate_does_not_cover_a_site(
+    tmp_path: Path, ca: trustme.CA, certs: Path
+) -> None:
+    default = write_pem(ca, certs, "default", "default.test")
+    site = 'hosts = ["nocert.test"]\nupstream = "http://127.0.0.1:9"\n'
+    config = load_config(write_config(tmp_path / "config", with_default(*default), {"nocert": site}))
+    assert (
+        "sites/nocert.toml: hsts: Strict-Transport-Security withheld: the certificate for 'nocert.test' (proxy.toml)"
+        " does not cover it (hsts.force = true sends it anyway)" in config.warnings
+    )
+    assert config.sites[0].policy.hsts is None
+    # behind a balancer (plain listeners only) the guard does not apply
+    plain = with_default(*default).replace('https = ["127.0.0.1:0"]', "https = []")
+    config = load_config(write_config(tmp_path / "plain", plain, {"nocert": site}))
+    assert config.sites[0].policy.hsts == "max-age=31536000" and config.warnings == ()
+
+
+def test_preload_needs_a_year_and_subdomains_and_max_age_zero_is_always_sent(tmp_path: Path) -> None:
+    site = 'hosts = ["a.test"]\nupstream = "http://127.0.0.1:9"\n[hsts]\npreload = true\nmax_age = 600\n'
+    assert problems_of(write_config(tmp_path / "bad", HTTPS_ONLY, {"a": site})) == [
+        "sites/a.toml: hsts.preload: the preload list requires max_age >= 31536000 and include_subdomains = true"
+    ]
+    kill = 'hosts = ["a.test"]\nupstream = "http://127.0.0.1:9"\n[hsts]\nmax_age = 0\n'
+    config = load_config(write_config(tmp_path / "kill", HTTPS_ONLY, {"a": kill}))  # no certificate at all
+    assert config.sites[0].policy.hsts == "max-age=0"
+
+
 def problems_of(directory: Path) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load_config(directory)
