@@ -269,7 +269,7 @@ class Certificates:
     """Which certificate serves which name, for one configuration snapshot."""
 
     default: Loaded | None = None
-    by_host: Mapping[str, Loaded] = field(default_factory=dict)
+    by_host: Mapping[str, Loaded] = field(default_factory=dict, hash=False)
 
     def for_name(self, name: str | None) -> Loaded | None:
         """The certificate for an SNI name or a Host: exact, then `*.parent`, then the default."""
