@@ -14,16 +14,17 @@ import re
 import ssl
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from yarl import URL
 
+from . import tls
 from .header_values import bad_value_chars, check, is_token
 from .policy import CookieFlags, Policy
 from .profiles import PROFILES
-from .tls import upstream_context
+from .tls import Certificates, upstream_context
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 REDIRECT_STATUSES = (301, 302, 307, 308)
@@ -146,6 +147,8 @@ class Config:
     proxy: ProxySettings
     sites: tuple[Site, ...]
     warnings: tuple[str, ...] = ()
+    #: The loaded server certificates, by SNI name; swapped with the rest of the configuration on reload.
+    certificates: Certificates = field(default_factory=Certificates)
 
 
 @dataclass(frozen=True)
@@ -566,10 +569,64 @@ def load_config(directory: Path | str) -> Config:
                         f"host {show(claim[0])} with prefix {show(claim[1])} is also claimed by {other.file}",
                     )
                 )
+    certificates, certificate_warnings = load_certificates(proxy, sites, problems)
     if problems:
         raise ConfigError(problems)
     warnings = []
     for site in sites:
         if site.upstream.scheme == "https" and not site.upstream_tls.verify:
             warnings.append(f"{site.file}: upstream_tls.verify: false: the upstream's certificate is NOT checked")
-    return Config(directory=directory, proxy=proxy, sites=tuple(sites), warnings=tuple(warnings))
+    warnings += certificate_warnings
+    sites = hsts_guard(proxy, sites, certificates, warnings)
+    return Config(
+        directory=directory, proxy=proxy, sites=tuple(sites), warnings=tuple(warnings), certificates=certificates
+    )
+
+
+def _source(file: str, cert: Path | None, key: Path | None, pfx: Path | None = None, env: str = "") -> tls.Source:
+    """A declaration whose files exist (missing ones are already reported by `Table.path`), else an empty one."""
+    paths = [p for p in (cert, key, pfx) if p is not None]
+    if not all(p.is_file() for p in paths):
+        return tls.Source(file)
+    return tls.Source(file, cert, key, pfx, env)
+
+
+def load_certificates(
+    proxy: ProxySettings, sites: list[Site], problems: list[Problem]
+) -> tuple[Certificates, list[str]]:
+    """Load and check every certificate: errors go to `problems`, expiring ones come back as warnings."""
+    default = _source("proxy.toml", proxy.tls.cert, proxy.tls.key)
+    declared = [(_source(s.file, s.tls.cert, s.tls.key, s.tls.pfx, s.tls.pfx_password_env), s.hosts) for s in sites]
+    certificates, errors, notes = tls.load_all(default, declared, proxy.tls.min_version)
+    problems.extend(Problem(*error) for error in errors)
+    warnings = [str(Problem(*note)) for note in notes]
+    if proxy.listen.https and not certificates.all() and not errors:
+        warnings.append(
+            "proxy.toml: listen.https: no certificate is configured ([tls] cert/key here, or [tls] in a site file): "
+            "the https listeners refuse every TLS handshake until one is added and the configuration reloaded"
+        )
+    return certificates, warnings
+
+
+def hsts_guard(proxy: ProxySettings, sites: list[Site], certificates: Certificates, warnings: list[str]) -> list[Site]:
+    """Withhold HSTS while a site's certificate would not validate (Sage: HSTS only once a valid one is installed).
+
+    Only when this proxy terminates TLS: behind a balancer (`listen.plain` only) the certificate is not ours to judge.
+    `max_age = 0`, the kill switch, is always sent.
+    """
+    if not proxy.listen.https:
+        return sites
+    guarded = []
+    for site in sites:
+        trouble = tls.hsts_trouble(certificates, site.hosts)
+        if trouble is None or site.hsts.max_age == 0 or site.policy.hsts is None:
+            guarded.append(site)
+        elif site.hsts.force:
+            warnings.append(f"{site.file}: hsts.force: sending Strict-Transport-Security although {trouble}")
+            guarded.append(site)
+        else:
+            warnings.append(
+                f"{site.file}: hsts: Strict-Transport-Security withheld: {trouble} (hsts.force = true sends it anyway)"
+            )
+            guarded.append(replace(site, policy=replace(site.policy, hsts=None)))
+    return guarded

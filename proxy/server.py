@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from .config import Address, Config, ConfigError, load_config
-from .forward import Snapshot, handle
-from .protocol import ProxyServer
+from .forward import Snapshot, handle, refuse
+from .protocol import ProxyRequest, ProxyServer
+from .redirect import handle_redirect
+from .routing import parse_target
+from .tls import Certificates, listener_context
 from .upstream import AiohttpTransport
 
 log = logging.getLogger("crm_proxy")
@@ -24,16 +29,22 @@ class ProxyService:
         self._snapshot: Snapshot | None = None
         self._transport: AiohttpTransport | None = None
         self._runners: list[web.BaseRunner] = []
+        self._kinds: list[str] = []  # "plain", "https" or "http", one per runner
+        self._expiry_watch: asyncio.Task[None] | None = None
 
     @property
     def snapshot(self) -> Snapshot:
         assert self._snapshot is not None, "start() first"
         return self._snapshot
 
-    def _proxy_server(self) -> ProxyServer:
+    def _certificates(self) -> Certificates:
+        """What the SNI callback consults on every handshake: always the current snapshot's certificates."""
+        return self.snapshot.config.certificates
+
+    def _proxy_server(self, handler: Callable[[ProxyRequest], Awaitable[web.StreamResponse]] = handle) -> ProxyServer:
         proxy = self.config.proxy
         return ProxyServer(
-            handle,
+            handler,
             context=lambda: self.snapshot,
             handler_cancellation=True,  # a client that leaves releases its upstream request at once
             auto_decompress=False,  # request bodies go upstream exactly as sent
@@ -43,7 +54,9 @@ class ProxyService:
             access_log=None,
         )
 
-    async def _listen(self, server: web.Server, addresses: tuple[Address, ...]) -> None:
+    async def _listen(
+        self, kind: str, server: web.Server, addresses: tuple[Address, ...], ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         if not addresses:
             return
         runner = web.ServerRunner(
@@ -51,8 +64,11 @@ class ProxyService:
         )
         await runner.setup()
         self._runners.append(runner)
+        self._kinds.append(kind)
         for address in addresses:
-            site = web.TCPSite(runner, address.host, address.port, reuse_address=True, backlog=1024)
+            site = web.TCPSite(
+                runner, address.host, address.port, reuse_address=True, backlog=1024, ssl_context=ssl_context
+            )
             await site.start()
             log.info("listening on %s", site.name)
 
@@ -64,11 +80,29 @@ class ProxyService:
         self._snapshot = Snapshot.of(self.config, self._transport)
         for warning in self.config.warnings:
             log.warning("%s", warning)
-        await self._listen(self._proxy_server(), self.config.proxy.listen.plain)
+        listen = self.config.proxy.listen
+        await self._listen("plain", self._proxy_server(), listen.plain)
+        if listen.https:
+            context = listener_context(self.config.proxy.tls.min_version, self._certificates)
+            await self._listen("https", self._proxy_server(handle_tls), listen.https, context)
+        await self._listen("http", self._proxy_server(handle_redirect), listen.http)
+        if listen.https:
+            self._expiry_watch = asyncio.create_task(self._watch_expiry())
+
+    async def _watch_expiry(self, every: float = 86400) -> None:
+        """Once a day, log certificates that expire soon: a proxy runs for months between restarts."""
+        while True:
+            await asyncio.sleep(every)
+            for note in self.snapshot.config.certificates.expiry_notes():
+                log.warning("%s", note)
 
     def bound(self) -> list[tuple[str, int]]:
         """(host, port) of every listening socket, so tests and `lab` can use port 0."""
         return [addr[:2] for runner in self._runners for addr in runner.addresses]
+
+    def ports(self, kind: str) -> list[int]:
+        """Bound ports of one kind of listener ("plain", "https", "http")."""
+        return [a[1] for r, k in zip(self._runners, self._kinds, strict=True) if k == kind for a in r.addresses]
 
     def reload(self, directory: Path | None = None) -> bool:
         """Swap in a freshly loaded configuration; keep the running one if it has any problem."""
@@ -79,18 +113,56 @@ class ProxyService:
                 log.error("reload refused: %s", problem)
             return False
         assert self._transport is not None
+        for warning in restart_needed(self.config, config):
+            log.warning("%s", warning)
         self.config = config
-        self._snapshot = Snapshot.of(config, self._transport)
-        log.info("configuration reloaded from %s", config.directory)
+        self._snapshot = Snapshot.of(config, self._transport)  # new handshakes now get the new certificates
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        log.info(
+            "configuration reloaded from %s: %d site(s), %d certificate(s)",
+            config.directory,
+            len(config.sites),
+            len(config.certificates.all()),
+        )
         return True
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams."""
+        if self._expiry_watch is not None:
+            self._expiry_watch.cancel()
+            self._expiry_watch = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        self._kinds.clear()
         if self._transport is not None:
             await self._transport.close()
+
+
+async def handle_tls(request: ProxyRequest) -> web.StreamResponse:
+    """The https listeners' handler: a request for a host this connection's certificate does not serve gets 421.
+
+    That is what RFC 9110 §15.5.20 has 421 for: a client without SNI (or with another name) that then
+    asks for a host with its own certificate never checked that certificate.
+    """
+    snapshot: Snapshot = request.context
+    host = parse_target(request.raw_path, request.headers.get("Host")).host
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if host is not None and snapshot.config.certificates.misdirected(ssl_object, host):
+        return refuse(request, 421, "This connection's certificate is not the one for this host.")
+    return await handle(request)
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Settings a reload cannot apply to sockets that are already open."""
+    notes = []
+    was, now = old.proxy.listen, new.proxy.listen
+    if (was.https, was.http, was.plain) != (now.https, now.http, now.plain):
+        notes.append("proxy.toml: listen: changed listeners take effect at the next restart")
+    if old.proxy.tls.min_version != new.proxy.tls.min_version:
+        notes.append("proxy.toml: tls.min_version: takes effect at the next restart")
+    return notes
 
 
 async def run_until_stopped(service: ProxyService, stop: asyncio.Event) -> None:
