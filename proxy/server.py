@@ -8,8 +8,19 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .admin import AdminListener
 from .config import Address, Config, ConfigError, load_config
 from .forward import Snapshot, handle
+from .logs import event
+from .metrics import Metrics
+from .observe import (
+    ObservedTransport,
+    access_logger_class,
+    counted_reload,
+    observed,
+    refresh_certificates,
+    watch_connections,
+)
 from .protocol import ProxyServer
 from .upstream import AiohttpTransport
 
@@ -22,8 +33,11 @@ class ProxyService:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._snapshot: Snapshot | None = None
-        self._transport: AiohttpTransport | None = None
+        self._transport: ObservedTransport | None = None
         self._runners: list[web.BaseRunner] = []
+        self.metrics = Metrics()
+        self.admin: AdminListener | None = None
+        self.draining = False  # set when stop() begins, so /readyz turns 503 first
 
     @property
     def snapshot(self) -> Snapshot:
@@ -33,14 +47,15 @@ class ProxyService:
     def _proxy_server(self) -> ProxyServer:
         proxy = self.config.proxy
         return ProxyServer(
-            handle,
+            observed(handle, self.metrics),
             context=lambda: self.snapshot,
             handler_cancellation=True,  # a client that leaves releases its upstream request at once
             auto_decompress=False,  # request bodies go upstream exactly as sent
             max_line_size=proxy.limits.max_header_bytes,
             max_field_size=proxy.limits.max_header_bytes,
             keepalive_timeout=75,
-            access_log=None,
+            access_log=logging.getLogger("crm_proxy.access"),
+            access_log_class=access_logger_class(self.metrics),  # one access line and metrics per response
         )
 
     async def _listen(self, server: web.Server, addresses: tuple[Address, ...]) -> None:
@@ -58,18 +73,37 @@ class ProxyService:
 
     async def start(self) -> None:
         timeouts = self.config.proxy.timeouts
-        self._transport = AiohttpTransport(
-            connect_timeout=timeouts.upstream_connect, read_timeout=timeouts.upstream_read
+        self._transport = ObservedTransport(
+            AiohttpTransport(connect_timeout=timeouts.upstream_connect, read_timeout=timeouts.upstream_read),
+            self.metrics,
         )
         self._snapshot = Snapshot.of(self.config, self._transport)
         for warning in self.config.warnings:
             log.warning("%s", warning)
         await self._listen(self._proxy_server(), self.config.proxy.listen.plain)
+        await self._start_admin()
+
+    async def _start_admin(self) -> None:
+        """The admin listener, last: /readyz must not answer before the proxy listeners are bound."""
+        watch_connections(self.metrics, lambda: self._runners)
+        refresh_certificates(self.metrics, self.config)
+        address = self.config.proxy.admin_listen
+        if address is not None:
+            self.admin = AdminListener(self, address)
+            await self.admin.start()
+        event("start", "crm-proxy started", listeners=[f"{h}:{p}" for h, p in self.bound()],
+              sites=[s.name for s in self.config.sites], admin=str(address) if address else None)  # fmt: skip
+
+    async def _stop_admin(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
 
     def bound(self) -> list[tuple[str, int]]:
         """(host, port) of every listening socket, so tests and `lab` can use port 0."""
         return [addr[:2] for runner in self._runners for addr in runner.addresses]
 
+    @counted_reload
     def reload(self, directory: Path | None = None) -> bool:
         """Swap in a freshly loaded configuration; keep the running one if it has any problem."""
         try:
@@ -86,11 +120,13 @@ class ProxyService:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams."""
+        self.draining = True
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
         if self._transport is not None:
             await self._transport.close()
+        await self._stop_admin()
 
 
 async def run_until_stopped(service: ProxyService, stop: asyncio.Event) -> None:
