@@ -85,5 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         print_check(config)
         return 0
     configure(config.proxy.log_format)
-    run(serve(config))
+    try:
+        run(serve(config))
+    except OSError as exc:  # a port in use or not permitted: one line, not a traceback
+        print(f"crm-proxy: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0

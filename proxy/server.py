@@ -130,7 +130,11 @@ class ProxyService:
 
 
 async def run_until_stopped(service: ProxyService, stop: asyncio.Event) -> None:
-    await service.start()
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()  # release what did bind before the failure
+        raise
     try:
         await stop.wait()
     finally:
