@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -65,6 +66,8 @@ async def probe_upstream(site: Site, timeout: float) -> Probe:
         return Probe(False, time.monotonic(), f"timeout: no connection within {timeout:g} s")
     except ssl.SSLError as exc:
         return Probe(False, time.monotonic(), f"tls: {exc.reason or exc}")
+    except socket.gaierror as exc:
+        return Probe(False, time.monotonic(), f"dns: cannot resolve {host}: {exc.strerror or exc}")
     except OSError as exc:
         return Probe(False, time.monotonic(), f"refused: {exc.strerror or exc}")
     writer.close()

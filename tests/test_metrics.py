@@ -7,13 +7,14 @@ import datetime
 import math
 from pathlib import Path
 
+import aiohttp
 import pytest
 import trustme
 
 from proxy.metrics import Metrics
 from proxy.observe import CURRENT, Exchange, websocket_open
 from tests.conftest import PUBLIC_HOST, Proxy, StartProxy, Upstream, raw_request, site_toml
-from tests.ops import WITH_ADMIN, get, parse_exposition, scrape, value
+from tests.ops import WITH_ADMIN, admin_url, get, parse_exposition, scrape, value
 
 
 def closed_port() -> int:
@@ -176,6 +177,21 @@ async def test_certificate_expiry_is_exposed_per_site(
     proxy = await start_proxy({"crm": site_toml(upstream, extra)}, WITH_ADMIN)
     samples = await scrape(proxy)
     assert value(samples, "crm_proxy_certificate_expiry_timestamp_seconds", site="crm") == not_after.timestamp()
+
+
+async def test_prometheus_reference_parser_reads_the_exposition(proxy_with_admin: Proxy) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    await get(proxy_with_admin.port, "/echo")
+    async with aiohttp.ClientSession() as session, session.get(admin_url(proxy_with_admin, "/metrics")) as response:
+        text = await response.text()
+    families = {f.name: f for f in parser.text_string_to_metric_families(text)}
+    assert families["crm_proxy_requests"].type == "counter"  # the parser strips _total from counter families
+    assert families["crm_proxy_request_duration_seconds"].type == "histogram"
+    assert families["crm_proxy_open_connections"].type == "gauge"
+    (sample,) = [s for s in families["crm_proxy_requests"].samples if s.name == "crm_proxy_requests_total"]
+    assert sample.labels == {"site": "crm", "method": "GET", "status_class": "2xx"} and sample.value == 1
+    count = [s for s in families["crm_proxy_request_duration_seconds"].samples if s.name.endswith("_count")]
+    assert [s.value for s in count] == [1]
 
 
 @pytest.fixture
