@@ -129,6 +129,15 @@ class UpstreamProber:
         return found
 
 
+def points_here(site: Site, address: Address) -> bool:
+    """Whether a site's upstream is (probably) this admin listener: same port, same or a wildcard/loopback host."""
+    host = (site.upstream.host or "").strip("[]")
+    if site.upstream.port != address.port:
+        return False
+    local = _is_loopback(host) or host == "localhost"
+    return host == address.host or (local and (address.host in ("0.0.0.0", "::") or _is_loopback(address.host)))
+
+
 def _is_loopback(remote: str | None) -> bool:
     try:
         return remote is not None and ipaddress.ip_address(remote).is_loopback
@@ -220,7 +229,7 @@ class AdminListener:
     """The admin application on its own socket, with the upstream prober it reports on."""
 
     def __init__(self, service: ProxyService, address: Address, interval: float = PROBE_INTERVAL) -> None:
-        self.address = address
+        self.service, self.address = service, address
         self.prober = UpstreamProber(service, interval)
         self._runner = web.AppRunner(make_app(service, self.prober), handle_signals=False, access_log=None)
 
@@ -233,6 +242,10 @@ class AdminListener:
             await self._runner.cleanup()
             raise OSError(exc.errno, f"admin.listen = {str(self.address)!r}: cannot listen: {exc.strerror}") from exc
         self.prober.start()
+        for config_site in self.service.config.sites:
+            if points_here(config_site, self.address):
+                event("admin", f"{config_site.file}: upstream {config_site.upstream_origin} is the admin listener; "
+                      "requests through the proxy get 403 there", level=logging.WARNING)  # fmt: skip
         host = self.address.host
         if not _is_loopback(host) and host != "localhost":
             text = f"admin listener on {site.name} is reachable from the network: firewall port {self.address.port}"

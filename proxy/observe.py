@@ -31,7 +31,6 @@ from .logs import access_fields, event
 from .metrics import NO_SITE, Metrics
 from .upstream import OutboundRequest, UpstreamError
 
-log = logging.getLogger("crm_proxy")
 access_log = logging.getLogger("crm_proxy.access")
 
 #: A certificate this close to its end is reported at start and on each reload.

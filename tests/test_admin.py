@@ -156,3 +156,23 @@ async def test_public_host_cannot_name_the_admin_paths(upstream: Upstream, start
     answer = await get(proxy.port, "/healthz")
     assert upstream.recorded[-1].raw_path == "/healthz"  # forwarded to the site like any path, not answered here
     assert answer.body != b'{"status": "ok"}'
+
+
+def test_a_site_pointing_at_the_admin_listener_is_recognised(tmp_path) -> None:
+    from proxy.admin import points_here
+    from proxy.config import Address
+
+    directory = write_config(
+        tmp_path,
+        "",
+        {
+            "a": 'hosts = ["a.example"]\nupstream = "http://127.0.0.1:9100"\n',
+            "b": 'hosts = ["b.example"]\nupstream = "http://localhost:9100"\n',
+            "c": 'hosts = ["c.example"]\nupstream = "http://127.0.0.1:9101"\n',
+            "d": 'hosts = ["d.example"]\nupstream = "http://iis.internal:9100"\n',
+        },
+    )
+    sites = {site.name: site for site in load_config(directory).sites}
+    loopback, anywhere = Address("127.0.0.1", 9100), Address("0.0.0.0", 9100)
+    assert [points_here(sites[n], loopback) for n in "abcd"] == [True, True, False, False]
+    assert [points_here(sites[n], anywhere) for n in "abcd"] == [True, True, False, False]
