@@ -90,8 +90,16 @@ def event(name: str, message: str, *, level: int = logging.INFO, **fields: Any) 
     events.log(level, "%s", message, extra={"fields": {"event": name, **fields}})
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def timestamp(created: float, msecs: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
+    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second, not per line."""
+    global _second
+    whole = int(created)
+    if _second[0] != whole:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int(msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -135,6 +143,10 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     """Replace any earlier set-up, so a reload that changes the format takes effect."""
     handler = logging.StreamHandler(sys.stdout if log_format == "json" else sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    # No line shows the caller, thread or process: skip collecting them for every record (logging's own
+    # "Optimization" advice); the access log writes one record per request.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -28,9 +28,11 @@ def log_to(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
     """Install the proxy's logging on the captured stdout/stderr, and put the test runner's back after."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    flags = logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing  # type: ignore[attr-defined]
     yield
     root.handlers[:], level = saved
     root.setLevel(level)
+    logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = flags  # type: ignore[attr-defined]
 
 
 def json_lines(text: str) -> list[dict[str, object]]:
