@@ -134,3 +134,23 @@ def test_redaction_functions() -> None:
     assert redact_header("Cookie", "a=b") == "[redacted]"
     assert redact_header("User-Agent", "evil\r\nforged: line") == "evil\\r\\nforged: line"
     assert escape_controls("a\x00b\x7fc\td") == "a\\x00b\\x7fc\\td"
+
+
+async def test_a_certificate_near_its_end_is_a_warning_event(
+    upstream: Upstream, start_proxy: StartProxy, capsys: pytest.CaptureFixture[str], log_to: None, tmp_path
+) -> None:
+    import datetime
+
+    import trustme
+
+    configure("json")
+    not_after = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(days=5, hours=1)
+    cert = trustme.CA().issue_cert("crm.example.com", not_after=not_after)
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "crm.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "crm-key.pem"))
+    extra = f'[tls]\ncert = "{tmp_path / "crm.pem"}"\nkey = "{tmp_path / "crm-key.pem"}"\n'
+    await start_proxy({"crm": site_toml(upstream, extra)})
+    (warning,) = [e for e in json_lines(capsys.readouterr().out) if e.get("event") == "certificate"]
+    assert warning["level"] == "warning" and warning["site"] == "crm"
+    assert warning["message"] == f"sites/crm.toml: the certificate expires in 5 day(s) ({not_after:%Y-%m-%d %H:%M} UTC)"
+    assert warning["not_after"] == not_after.isoformat()
