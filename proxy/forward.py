@@ -17,6 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Config, Network, Site
+from .observe import routed
 from .policy import ResponseContext
 from .protocol import ProxyRequest, own_response
 from .routing import Router, Target, parse_target
@@ -127,6 +128,7 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
     site = snapshot.router.match(target.host, target.path_qs)
     if site is None:
         return refuse(request, 421, "This proxy serves no site for this host.")
+    routed(site)  # labels this request's metrics and access-log line
     trusted = snapshot.is_trusted(request.remote)
     scheme = effective_scheme(request, trusted)
     request.policy = site.policy

@@ -10,8 +10,19 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .admin import AdminListener
 from .config import Address, Config, ConfigError, load_config
 from .forward import Snapshot, handle, refuse
+from .logs import event
+from .metrics import Metrics
+from .observe import (
+    ObservedTransport,
+    access_logger_class,
+    counted_reload,
+    observed,
+    refresh_certificates,
+    watch_connections,
+)
 from .protocol import ProxyRequest, ProxyServer
 from .redirect import handle_redirect
 from .routing import parse_target
@@ -27,10 +38,13 @@ class ProxyService:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._snapshot: Snapshot | None = None
-        self._transport: AiohttpTransport | None = None
+        self._transport: ObservedTransport | None = None
         self._runners: list[web.BaseRunner] = []
         self._kinds: list[str] = []  # "plain", "https" or "http", one per runner
         self._expiry_watch: asyncio.Task[None] | None = None
+        self.metrics = Metrics()
+        self.admin: AdminListener | None = None
+        self.draining = False  # set when stop() begins, so /readyz turns 503 first
 
     @property
     def snapshot(self) -> Snapshot:
@@ -44,14 +58,15 @@ class ProxyService:
     def _proxy_server(self, handler: Callable[[ProxyRequest], Awaitable[web.StreamResponse]] = handle) -> ProxyServer:
         proxy = self.config.proxy
         return ProxyServer(
-            handler,
+            observed(handler, self.metrics),
             context=lambda: self.snapshot,
             handler_cancellation=True,  # a client that leaves releases its upstream request at once
             auto_decompress=False,  # request bodies go upstream exactly as sent
             max_line_size=proxy.limits.max_header_bytes,
             max_field_size=proxy.limits.max_header_bytes,
             keepalive_timeout=75,
-            access_log=None,
+            access_log=logging.getLogger("crm_proxy.access"),
+            access_log_class=access_logger_class(self.metrics),  # one access line and metrics per response
         )
 
     async def _listen(
@@ -74,8 +89,9 @@ class ProxyService:
 
     async def start(self) -> None:
         timeouts = self.config.proxy.timeouts
-        self._transport = AiohttpTransport(
-            connect_timeout=timeouts.upstream_connect, read_timeout=timeouts.upstream_read
+        self._transport = ObservedTransport(
+            AiohttpTransport(connect_timeout=timeouts.upstream_connect, read_timeout=timeouts.upstream_read),
+            self.metrics,
         )
         self._snapshot = Snapshot.of(self.config, self._transport)
         for warning in self.config.warnings:
@@ -88,6 +104,7 @@ class ProxyService:
         await self._listen("http", self._proxy_server(handle_redirect), listen.http)
         if listen.https:
             self._expiry_watch = asyncio.create_task(self._watch_expiry())
+        await self._start_admin()
 
     async def _watch_expiry(self, every: float = 86400) -> None:
         """Once a day, log certificates that expire soon: a proxy runs for months between restarts."""
@@ -95,6 +112,22 @@ class ProxyService:
             await asyncio.sleep(every)
             for note in self.snapshot.config.certificates.expiry_notes():
                 log.warning("%s", note)
+
+    async def _start_admin(self) -> None:
+        """The admin listener, last: /readyz must not answer before the proxy listeners are bound."""
+        watch_connections(self.metrics, lambda: self._runners)
+        refresh_certificates(self.metrics, self.config)
+        address = self.config.proxy.admin_listen
+        if address is not None:
+            self.admin = AdminListener(self, address)
+            await self.admin.start()
+        event("start", "crm-proxy started", listeners=[f"{h}:{p}" for h, p in self.bound()],
+              sites=[s.name for s in self.config.sites], admin=str(address) if address else None)  # fmt: skip
+
+    async def _stop_admin(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
 
     def bound(self) -> list[tuple[str, int]]:
         """(host, port) of every listening socket, so tests and `lab` can use port 0."""
@@ -104,6 +137,7 @@ class ProxyService:
         """Bound ports of one kind of listener ("plain", "https", "http")."""
         return [a[1] for r, k in zip(self._runners, self._kinds, strict=True) if k == kind for a in r.addresses]
 
+    @counted_reload
     def reload(self, directory: Path | None = None) -> bool:
         """Swap in a freshly loaded configuration; keep the running one if it has any problem."""
         try:
@@ -129,6 +163,7 @@ class ProxyService:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams."""
+        self.draining = True
         if self._expiry_watch is not None:
             self._expiry_watch.cancel()
             self._expiry_watch = None
@@ -138,6 +173,7 @@ class ProxyService:
         self._kinds.clear()
         if self._transport is not None:
             await self._transport.close()
+        await self._stop_admin()
 
 
 async def handle_tls(request: ProxyRequest) -> web.StreamResponse:

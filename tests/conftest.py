@@ -85,6 +85,8 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
     async def start(sites: dict[str, str], proxy_toml: str = PLAIN_ONLY) -> Proxy:
         nonlocal counter
         counter += 1
+        if "[admin]" not in proxy_toml:  # the default 127.0.0.1:9100 is a fixed port: tests that want it say so
+            proxy_toml += '\n[admin]\nlisten = ""\n'
         directory = write_config(tmp_path / f"config{counter}", proxy_toml, sites)
         service = ProxyService(load_config(directory))
         await service.start()
