@@ -15,12 +15,9 @@ import contextvars
 import functools
 import inspect
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -32,9 +29,6 @@ from .metrics import NO_SITE, Metrics
 from .upstream import OutboundRequest, UpstreamError
 
 access_log = logging.getLogger("crm_proxy.access")
-
-#: A certificate this close to its end is reported at start and on each reload.
-EXPIRY_WARNING_DAYS = 21
 
 
 @dataclass
@@ -239,37 +233,16 @@ def counted_reload(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def certificate_not_after(site: Site) -> datetime | None:
-    """The leaf certificate's end of validity, read from the site's PEM or PKCS#12 file; None if unreadable."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import pkcs12
-
-    try:
-        if site.tls.cert is not None:
-            return x509.load_pem_x509_certificate(Path(site.tls.cert).read_bytes()).not_valid_after_utc
-        if site.tls.pfx is not None:
-            password = os.environ.get(site.tls.pfx_password_env, "") if site.tls.pfx_password_env else ""
-            _, cert, _ = pkcs12.load_key_and_certificates(Path(site.tls.pfx).read_bytes(), password.encode() or None)
-            return cert.not_valid_after_utc if cert is not None else None
-    except (OSError, ValueError, TypeError):
-        return None
-    return None
-
-
 def refresh_certificates(metrics: Metrics, config: Config) -> None:
-    """Set `crm_proxy_certificate_expiry_timestamp_seconds` per site and warn about certificates near their end."""
+    """Set `crm_proxy_certificate_expiry_timestamp_seconds` per site from the certificates the listeners serve.
+
+    Expiry warnings are the configuration's own (`Config.warnings`, logged at start and on every reload).
+    """
     metrics.cert_expiry.values.clear()
-    now = datetime.now(UTC)
     for site in config.sites:
-        not_after = certificate_not_after(site)
-        if not_after is None:
-            continue
-        metrics.cert_expiry.set(site.name, value=not_after.timestamp())
-        days = (not_after - now).total_seconds() / 86400
-        if days < EXPIRY_WARNING_DAYS:
-            state = "has expired" if days < 0 else f"expires in {days:.0f} day(s)"
-            event("certificate", f"{site.file}: the certificate {state} ({not_after:%Y-%m-%d %H:%M} UTC)",
-                  level=logging.WARNING, site=site.name, not_after=not_after.isoformat())  # fmt: skip
+        served = config.certificates.for_name(site.hosts[0]) if site.hosts else None
+        if served is not None:
+            metrics.cert_expiry.set(site.name, value=served.not_after.timestamp())
 
 
 def watch_connections(metrics: Metrics, runners: Callable[[], list[web.BaseRunner]]) -> None:

@@ -149,8 +149,10 @@ async def test_a_certificate_near_its_end_is_a_warning_event(
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "crm.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "crm-key.pem"))
     extra = f'[tls]\ncert = "{tmp_path / "crm.pem"}"\nkey = "{tmp_path / "crm-key.pem"}"\n'
-    await start_proxy({"crm": site_toml(upstream, extra)})
-    (warning,) = [e for e in json_lines(capsys.readouterr().out) if e.get("event") == "certificate"]
-    assert warning["level"] == "warning" and warning["site"] == "crm"
-    assert warning["message"] == f"sites/crm.toml: the certificate expires in 5 day(s) ({not_after:%Y-%m-%d %H:%M} UTC)"
-    assert warning["not_after"] == not_after.isoformat()
+    proxy = await start_proxy({"crm": site_toml(upstream, extra)})
+    lines = json_lines(capsys.readouterr().out)
+    (warning,) = [e for e in lines if "expires in" in e.get("message", "")]
+    assert warning["level"] == "warning"
+    assert warning["message"].startswith("sites/crm.toml: tls.cert: ")
+    assert "expires in 5 day(s)" in warning["message"]
+    assert proxy.service.metrics.cert_expiry.values[("crm",)] == not_after.timestamp()
