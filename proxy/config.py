@@ -67,6 +67,7 @@ class Timeouts:
     upstream_connect: float = 5
     upstream_read: float = 300
     shutdown_grace: float = 30
+    keep_alive: float = 75  # idle seconds before a kept-alive client connection is closed
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .config import Address, Config, ConfigError, load_config
 from .forward import Snapshot, handle
-from .protocol import ProxyServer
+from .protocol import ConnectionGate, ProxyServer
 from .upstream import AiohttpTransport
 
 log = logging.getLogger("crm_proxy")
@@ -24,6 +24,7 @@ class ProxyService:
         self._snapshot: Snapshot | None = None
         self._transport: AiohttpTransport | None = None
         self._runners: list[web.BaseRunner] = []
+        self._gate = ConnectionGate(config.proxy.limits.max_connections)  # shared by every listener
 
     @property
     def snapshot(self) -> Snapshot:
@@ -35,11 +36,10 @@ class ProxyService:
         return ProxyServer(
             handle,
             context=lambda: self.snapshot,
+            **hardening_options(proxy.limits.max_header_bytes, proxy.timeouts.client_header, self._gate),
             handler_cancellation=True,  # a client that leaves releases its upstream request at once
             auto_decompress=False,  # request bodies go upstream exactly as sent
-            max_line_size=proxy.limits.max_header_bytes,
-            max_field_size=proxy.limits.max_header_bytes,
-            keepalive_timeout=75,
+            keepalive_timeout=proxy.timeouts.keep_alive,
             access_log=None,
         )
 
@@ -86,11 +86,33 @@ class ProxyService:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams."""
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        await stop_gracefully(self._runners)
         self._runners.clear()
         if self._transport is not None:
             await self._transport.close()
+
+
+def hardening_options(head_limit: int, client_header: float, gate: ConnectionGate) -> dict[str, object]:
+    """Protocol options against oversized heads and slow clients (see `protocol.ProxyRequestHandler`)."""
+    return {
+        "head_limit": head_limit,  # the whole head; no single line can be longer either
+        "max_line_size": head_limit,
+        "max_field_size": head_limit,
+        "client_header": client_header,
+        "gate": gate,
+    }
+
+
+async def stop_gracefully(runners: list[web.BaseRunner]) -> None:
+    """Close every listening socket first, then drain all listeners' connections at once.
+
+    Cleaning runners one by one would keep later listeners accepting while the first drains,
+    and make the grace period add up per listener.
+    """
+    for runner in runners:
+        for site in list(runner.sites):
+            await site.stop()
+    await asyncio.gather(*(runner.cleanup() for runner in runners))
 
 
 async def run_until_stopped(service: ProxyService, stop: asyncio.Event) -> None:
