@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from . import redact
 from .config import Config, Network, Site
 from .policy import ResponseContext
 from .protocol import ProxyRequest, own_response
@@ -101,14 +102,41 @@ def effective_scheme(request: ProxyRequest, trusted: bool) -> str:
 
 
 def refuse(request: ProxyRequest, status: int, detail: str) -> web.Response:
-    log.info("refused %s %s from %s: %d %s", request.method, request.raw_path[:200], request.remote, status, detail)
+    target = redact.target(request.raw_path, 200)
+    log.info("refused %s %s from %s: %d %s", redact.escape(request.method), target, request.remote, status, detail)
     response = own_response(status, detail)
     response.force_close()  # a refused connection is not reused: 421 means "not on this connection"
     return response
 
 
-def body_of(request: ProxyRequest) -> object | None:
+class LimitedBody:
+    """A chunked request body passed on as it arrives, stopped once it crosses `limits.max_body_bytes`.
+
+    A declared length is checked before the upstream is contacted; a chunked one can only be
+    counted on the way, so the upload to the upstream is aborted mid-body (the upstream sees a
+    broken request, never a complete one) and the client gets 413 if nothing was answered yet.
+    """
+
+    def __init__(self, content: web.StreamReader, limit: int) -> None:
+        self.content, self.limit, self.seen, self.exceeded = content, limit, 0, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.content.iter_any():
+            self.seen += len(chunk)
+            if self.seen > self.limit:
+                self.exceeded = True
+                raise BodyTooLarge(self.limit)
+            yield chunk
+
+
+class BodyTooLarge(Exception):
+    """Raised inside the upload to the upstream to abort it."""
+
+
+def body_of(request: ProxyRequest, limit: int = 0) -> object | None:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if chunked and limit:
+        return LimitedBody(request.content, limit)
     return request.content if chunked or (request.content_length or 0) > 0 else None
 
 
@@ -140,11 +168,12 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
         return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
     if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    body = body_of(request, limit)
     outbound = OutboundRequest(
         method=request.method,
         url=URL(site.upstream_origin + target.path_qs, encoded=True),
         headers=upstream_headers(request, site, target, trusted, scheme),
-        body=body_of(request),  # type: ignore[arg-type]
+        body=body,  # type: ignore[arg-type]
         ssl=site.upstream_ssl,
         server_hostname=site.upstream_tls.server_name or None,
     )
@@ -160,7 +189,7 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
                 async for chunk in answer.chunks():
                     await response.write(chunk)
             except UpstreamError as exc:
-                log.warning("%s %s: %s; response cut short", site.name, exc.kind, exc.detail)
+                log.warning("%s %s: %s; response cut short", site.name, exc.kind, redact.text(exc.detail))
                 request.protocol.force_close()  # the client must see a truncated body, not a clean end
                 return response
             except ConnectionError:
@@ -168,14 +197,16 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
             await response.write_eof()
             return response
     except UpstreamError as exc:
+        if isinstance(body, LimitedBody) and body.exceeded:
+            return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
         log.warning(
             "%s: %s %s -> %d (%s: %s)",
             site.name,
-            request.method,
-            target.path_qs[:200],
+            redact.escape(request.method),
+            redact.target(target.path_qs, 200),
             exc.status,
             exc.kind,
-            exc.detail,
+            redact.text(exc.detail),
         )
         detail = (
             "The upstream server did not answer in time."
