@@ -94,6 +94,9 @@ _VERSIONS = (HttpVersion10, HttpVersion11)
 _REQUEST_LINE_END = (b" HTTP/1.1", b" HTTP/1.0")
 #: Control characters RFC 9110 §5.5 forbids in field lines (HTAB is allowed in values; names are tokens).
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: Seconds a refused connection stays half-open, swallowing what the client still sends, so that
+#: the refusal is read before the close (closing on unread input sends a reset that can destroy it).
+LINGER = 2.0
 #: aiohttp's error page for a request it could not parse claims HTTP/1.0; ours answer as 1.1 and say `close`.
 _ERROR_11 = ERROR._replace(version=HttpVersion11)
 
@@ -160,6 +163,8 @@ class ProxyRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes: int | None = None  # bytes of the head being received; None while a request runs
         self._head_line: bytes | None = None  # the request line until its end is seen, then None
+        self._refusal: web.StreamResponse | None = None  # the error answer, closed gently once written
+        self._draining = False  # closing for shutdown while a request's body may still be arriving
 
     # --- connection lifetime -------------------------------------------------------------
 
@@ -182,6 +187,11 @@ class ProxyRequestHandler(RequestHandler):
         self._stop_head_timer()
         super().connection_lost(exc)
 
+    def close(self) -> None:
+        """Take no further request; keep reading the body of the one in flight (see `shutdown`)."""
+        self._draining = self._request_in_progress
+        super().close()
+
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         """Let the request in flight finish, body upload included, before aiohttp's shutdown.
 
@@ -196,7 +206,7 @@ class ProxyRequestHandler(RequestHandler):
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(waiter), timeout)
             self._handler_waiter = None
-        await super().shutdown(max(0.0, deadline - loop.time()))
+        await super().shutdown(max(0.01, deadline - loop.time()))  # aiohttp reads 0 as "no time limit"
 
     # --- the request head ----------------------------------------------------------------
 
@@ -243,23 +253,45 @@ class ProxyRequestHandler(RequestHandler):
         return None
 
     def data_received(self, data: bytes) -> None:
-        if self._refused or self._force_close or self._close:
+        if self._refused or self._force_close:
+            return
+        if self._close:
+            if not self._draining:
+                return
+            self._close = False  # shutting down, but the body of the request in flight is still welcome
+            try:
+                self.data_received(data)
+            finally:
+                self._close = True
             return
         if self._head_bytes is None and data and self._idle():
             self._start_head()
-        if self._head_bytes is not None and data and self._payload_parser is None and not self._upgraded:
+        counting = self._head_bytes is not None and self._payload_parser is None and not self._upgraded
+        if counting and data:
             refusal = self._scan_head(data)
             if refusal is not None:
                 self._refuse(refusal)
                 return
+            assert self._head_bytes is not None
+            over = self._head_bytes - self._head_limit if self._head_limit else 0
+            if over > 0:  # only the bytes that fit may be parsed: does the head end within them?
+                fits, data = data[: len(data) - over], data[len(data) - over :]
+                if not self._feed(fits):
+                    if not self._refused:
+                        self._refuse(too_large(self._head_limit))
+                    return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; True when it completed at least one request head (or a parse error)."""
         before = self._request_count
         super().data_received(data)
-        if self._request_count > before:
-            self._head_bytes = None
-            self._stop_head_timer()
-            self._vet_queued(self._request_count - before)
-        elif self._head_bytes is not None and self._head_limit and self._head_bytes > self._head_limit:
-            self._refuse(too_large(self._head_limit))
+        if self._request_count == before:
+            return False
+        self._head_bytes = None
+        self._stop_head_timer()
+        self._vet_queued(self._request_count - before)
+        return True
 
     def _vet_queued(self, count: int) -> None:
         """Swap a just-parsed request that must be refused for an error entry; drop what follows it."""
@@ -287,6 +319,24 @@ class ProxyRequestHandler(RequestHandler):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        if resp is self._refusal and self.transport is not None:
+            self._linger()
+        return result
+
+    def _linger(self) -> None:
+        """Close a refused connection gently: FIN after the answer, input discarded, abort after LINGER."""
+        transport = self.transport
+        assert transport is not None
+        self.transport = None  # aiohttp's own close would reset a client that is still sending
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            if transport.can_write_eof():
+                transport.write_eof()
+        self._loop.call_later(LINGER, transport.abort)
+
     def _peer(self) -> str:
         peer = self.peername
         return str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -303,7 +353,7 @@ class ProxyRequestHandler(RequestHandler):
         detail = ""
         if isinstance(exc, Refusal):
             status, detail = exc.status, exc.detail
-        elif isinstance(exc, LineTooLong) or str(exc).startswith("Too many headers"):
+        elif isinstance(exc, LineTooLong) or getattr(exc, "message", "").startswith("Too many headers"):
             status, detail = 431, "A request header line is too long, or there are too many."
         if status >= 500 and not isinstance(exc, Refusal):
             log.error("error handling request from %s: %r", request.remote, exc, exc_info=exc)
@@ -315,6 +365,7 @@ class ProxyRequestHandler(RequestHandler):
         details = {400: "The request could not be parsed.", 500: "The proxy failed to handle this request."}
         response = own_response(status, detail or details.get(status, ""))
         response.force_close()
+        self._refusal = response
         return response
 
 
