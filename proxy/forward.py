@@ -7,6 +7,7 @@ policy is applied by the request type when the response is prepared (see `protoc
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -109,35 +110,46 @@ def refuse(request: ProxyRequest, status: int, detail: str) -> web.Response:
     return response
 
 
-class LimitedBody:
-    """A chunked request body passed on as it arrives, stopped once it crosses `limits.max_body_bytes`.
+class ClientBody:
+    """The client's request body, passed upstream as it arrives, within two limits.
 
-    A declared length is checked before the upstream is contacted; a chunked one can only be
-    counted on the way, so the upload to the upstream is aborted mid-body (the upstream sees a
-    broken request, never a complete one) and the client gets 413 if nothing was answered yet.
+    `limits.max_body_bytes`: a declared length is checked before the upstream is contacted, but a
+    chunked one can only be counted on the way. `timeouts.client_body`: a client that stops sending
+    mid-body (slow-POST) would otherwise hold an upstream connection open indefinitely. Either
+    way the upload is aborted mid-body, so the upstream sees a broken request and never a complete
+    one, and the client gets 413 or 408 if nothing was answered yet.
     """
 
-    def __init__(self, content: web.StreamReader, limit: int) -> None:
-        self.content, self.limit, self.seen, self.exceeded = content, limit, 0, False
+    def __init__(self, content: web.StreamReader, limit: int, idle: float) -> None:
+        self.content, self.limit, self.idle = content, limit, idle
+        self.seen, self.exceeded, self.stalled = 0, False, False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.content.iter_any():
+        while True:
+            try:
+                async with asyncio.timeout(self.idle or None):
+                    chunk = await self.content.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise BodyRefused("client stopped sending the request body") from None
+            if not chunk:
+                return
             self.seen += len(chunk)
-            if self.seen > self.limit:
+            if self.limit and self.seen > self.limit:
                 self.exceeded = True
-                raise BodyTooLarge(self.limit)
+                raise BodyRefused(f"request body over {self.limit} bytes")
             yield chunk
 
 
-class BodyTooLarge(Exception):
+class BodyRefused(Exception):
     """Raised inside the upload to the upstream to abort it."""
 
 
-def body_of(request: ProxyRequest, limit: int = 0) -> object | None:
+def body_of(request: ProxyRequest, limit: int = 0, idle: float = 0) -> ClientBody | None:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    if chunked and limit:
-        return LimitedBody(request.content, limit)
-    return request.content if chunked or (request.content_length or 0) > 0 else None
+    if chunked or (request.content_length or 0) > 0:
+        return ClientBody(request.content, limit if chunked else 0, idle)
+    return None
 
 
 async def handle(request: ProxyRequest) -> web.StreamResponse:
@@ -168,7 +180,7 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
         return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
     if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    body = body_of(request, limit)
+    body = body_of(request, limit, snapshot.config.proxy.timeouts.client_body)
     outbound = OutboundRequest(
         method=request.method,
         url=URL(site.upstream_origin + target.path_qs, encoded=True),
@@ -197,8 +209,10 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
             await response.write_eof()
             return response
     except UpstreamError as exc:
-        if isinstance(body, LimitedBody) and body.exceeded:
+        if body is not None and body.exceeded:
             return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
+        if body is not None and body.stalled:
+            return refuse(request, 408, "The request body did not arrive in time.")
         log.warning(
             "%s: %s %s -> %d (%s: %s)",
             site.name,

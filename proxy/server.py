@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .config import Address, Config, ConfigError, load_config
 from .forward import Snapshot, handle
-from .protocol import ConnectionGate, ProxyServer
+from .protocol import LINGER, ConnectionGate, ProxyServer
 from .upstream import AiohttpTransport
 
 log = logging.getLogger("crm_proxy")
@@ -100,6 +100,7 @@ def hardening_options(head_limit: int, client_header: float, gate: ConnectionGat
         "max_field_size": head_limit,
         "client_header": client_header,
         "gate": gate,
+        "lingering_time": LINGER,  # unread body of a refused request: discarded for at most this long, then close
     }
 
 

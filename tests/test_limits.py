@@ -149,3 +149,39 @@ async def test_max_connections_zero_means_no_cap(upstream: Upstream, start_proxy
     await still_serves(proxy.port)
     for _, w in held:
         w.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
+async def test_2000_requests_at_50_at_once_without_errors_or_fd_growth(
+    upstream: Upstream, start_proxy: StartProxy
+) -> None:
+    """The proxy and the stand-in run in this process; the client's sockets are closed before each count."""
+    import aiohttp
+
+    proxy = await start_proxy({"crm": site_toml(upstream)})
+
+    async def burst(total: int) -> list[int]:
+        connector = aiohttp.TCPConnector(limit=50, force_close=False)
+        async with aiohttp.ClientSession(connector=connector, headers={"Host": "crm.example.com"}) as session:
+            gate = asyncio.Semaphore(50)
+
+            async def one(i: int) -> int:
+                async with gate, session.get(f"{proxy.url}/echo/{i}") as response:
+                    await response.read()
+                    return response.status
+
+            statuses = await asyncio.gather(*(one(i) for i in range(total)))
+        await asyncio.sleep(0.2)  # let closed sockets be released on every side
+        return statuses
+
+    assert set(await burst(200)) == {200}  # warm-up: the upstream pool reaches its working size
+    before = open_fds()
+    statuses = await burst(2000)
+    after = open_fds()
+    assert statuses.count(200) == 2000
+    print(f"open fds before {before}, after {after}")
+    assert after <= before + 10, (before, after)  # a leak of one per request would show as ~2000

@@ -111,3 +111,14 @@ async def test_a_head_sent_in_pieces_within_the_timeout_is_served(proxy: Proxy, 
     raw = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_a_body_that_stops_arriving_is_cut_off(upstream: Upstream, start_proxy: StartProxy) -> None:
+    """Slow-POST: the head is fine, then the body stalls; the upstream never sees a complete request."""
+    proxy = await start_proxy({"crm": site_toml(upstream)}, timeouts(client_body=0.3))
+    data = b"POST /upload HTTP/1.1\r\n" + HOST + b"Content-Length: 100\r\n\r\n" + b"x" * 10
+    result = await exchange(proxy.port, data, timeout=5)
+    assert result.response.status_line == "HTTP/1.1 408 Request Timeout"
+    assert result.response.get_all("X-Frame-Options") == ["SAMEORIGIN"]
+    assert result.closed
+    assert upstream.recorded == []
