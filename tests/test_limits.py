@@ -185,3 +185,10 @@ async def test_2000_requests_at_50_at_once_without_errors_or_fd_growth(
     assert statuses.count(200) == 2000
     print(f"open fds before {before}, after {after}")
     assert after <= before + 10, (before, after)  # a leak of one per request would show as ~2000
+
+
+async def test_more_than_128_header_lines_is_431(limited, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    lines = b"".join(b"A%d: b\r\n" % i for i in range(129))  # about 1 KiB: under the byte limit
+    result = await exchange(limited.port, b"GET /echo HTTP/1.1\r\n" + HOST + lines + b"\r\n")
+    assert_refusal(result, "HTTP/1.1 431 Request Header Fields Too Large")
+    assert upstream.recorded == []

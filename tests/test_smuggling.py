@@ -204,3 +204,13 @@ async def test_connect_is_refused_with_the_refusal_set(proxy: Proxy, upstream: U
     assert_refusal(result, "HTTP/1.1 405 Method Not Allowed")
     assert upstream.recorded == []
     await still_serves(proxy.port)
+
+
+async def test_chunk_extensions_and_trailers_are_not_forwarded(proxy: Proxy, upstream: Upstream) -> None:
+    chunks = b"5;name=evil\r\nhello\r\n0\r\nX-Trailer: smuggled\r\nHost: evil.example\r\n\r\n"
+    result = await exchange(proxy.port, post(b"Connection: close\r\nTransfer-Encoding: chunked\r\n", chunks))
+    assert result.response.status_line == "HTTP/1.1 200 OK"
+    seen = upstream.recorded[0]
+    assert seen.body_length == 5
+    assert seen.header("X-Trailer") == [] and seen.header("Host") == ["crm.example.com"]
+    assert b"evil" not in result.response.body and b"smuggled" not in result.response.body
