@@ -212,6 +212,7 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
         if body is not None and body.exceeded:
             return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
         if body is not None and body.stalled:
+            request.content.feed_eof()  # no lingering read of a body that has stopped coming
             return refuse(request, 408, "The request body did not arrive in time.")
         log.warning(
             "%s: %s %s -> %d (%s: %s)",

@@ -328,13 +328,20 @@ class ProxyRequestHandler(RequestHandler):
         return result
 
     def _linger(self) -> None:
-        """Close a refused connection gently: FIN after the answer, input discarded, abort after LINGER."""
+        """Close a refused connection gently: FIN after the answer, input discarded, abort after LINGER.
+
+        Only for plain TCP: a TLS transport cannot half-close, and its own close (close_notify,
+        then waiting for the peer's) already keeps the socket open while the client reads.
+        """
         transport = self.transport
         assert transport is not None
+        try:
+            if not transport.can_write_eof():
+                return
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            return
         self.transport = None  # aiohttp's own close would reset a client that is still sending
-        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
-            if transport.can_write_eof():
-                transport.write_eof()
         self._loop.call_later(LINGER, transport.abort)
 
     def _peer(self) -> str:
