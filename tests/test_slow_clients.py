@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+
+import pytest
 
 from tests.conftest import PLAIN_ONLY, Proxy, StartProxy, Upstream, site_toml
 from tests.rawclient import HOST, OK, exchange
@@ -122,3 +125,30 @@ async def test_a_body_that_stops_arriving_is_cut_off(upstream: Upstream, start_p
     assert result.response.get_all("X-Frame-Options") == ["SAMEORIGIN"]
     assert result.closed
     assert upstream.recorded == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
+async def test_an_upstream_that_never_accepts_gives_504(upstream: Upstream, start_proxy: StartProxy) -> None:
+    """`timeouts.upstream_connect`: a listening socket whose accept queue is full drops SYNs, so connect hangs."""
+    import socket
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    port = blackhole.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        site = site_toml(upstream).replace(upstream.origin, f"http://127.0.0.1:{port}")
+        proxy = await start_proxy({"crm": site}, timeouts(upstream_connect=0.3))
+        result = await exchange(proxy.port, OK, timeout=5)
+        assert result.response.status_line == "HTTP/1.1 504 Gateway Timeout"
+        assert result.response.get_all("X-Frame-Options") == ["SAMEORIGIN"]
+        assert b"127.0.0.1" not in result.raw
+    finally:
+        for sock in [*fillers, blackhole]:
+            sock.close()

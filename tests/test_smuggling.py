@@ -214,3 +214,25 @@ async def test_chunk_extensions_and_trailers_are_not_forwarded(proxy: Proxy, ups
     assert seen.body_length == 5
     assert seen.header("X-Trailer") == [] and seen.header("Host") == ["crm.example.com"]
     assert b"evil" not in result.response.body and b"smuggled" not in result.response.body
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 100\r\n", b"Transfer-Encoding: chunked\r\n"])
+async def test_a_client_leaving_mid_body_does_not_poison_the_upstream_pool(
+    framing: bytes, proxy: Proxy, upstream: Upstream
+) -> None:
+    """A half-sent upload must not leave a pooled upstream connection mid-request for the next client."""
+    partial = b"x" * 10 if framing.startswith(b"Content") else b"64\r\n" + b"x" * 10
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(post(framing, partial))
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the upload to the upstream has begun
+        writer.transport.abort()
+    await asyncio.sleep(0.1)
+    for i in range(5):
+        body = b"next%d" % i
+        data = b"POST /echo/%d HTTP/1.1\r\n" % i + HOST + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        result = await exchange(proxy.port, data + body)
+        assert result.response.status_line == "HTTP/1.1 200 OK"
+    # the upstream saw the five complete requests, each with its own body, and nothing else complete
+    assert [(r.raw_path, r.body_length) for r in upstream.recorded] == [(f"/echo/{i}", 5) for i in range(5)]
