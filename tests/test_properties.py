@@ -180,11 +180,49 @@ def test_load_config_survives_random_bytes(proxy: bytes, site: bytes) -> None:
     check_outcome(load(proxy, [site]))
 
 
-@settings(max_examples=80, deadline=None)
-@given(
-    hosts=st.lists(PLAUSIBLE | st.text(max_size=12), max_size=3),
-    upstream=PLAUSIBLE | st.text(max_size=20),
+HEADER_NAMES = st.sampled_from(["X-Frame-Options", "Referrer-Policy", "X-Custom", "Set-Cookie", "content-length"])
+HEADER_VALUES = st.sampled_from(["DENY", "SAMEORIGIN", "no-referrer", "x", "caf\u00e9", "1; mode=block", "a\nb", ""])
+SITE_EXTRAS = st.fixed_dictionaries(
+    {},
+    optional={
+        "paths": st.lists(st.sampled_from(["/", "/sdata/", "crm", "/CRM/"]), max_size=3),
+        "preserve_host": st.booleans() | SCALARS,
+        "headers": st.fixed_dictionaries(
+            {},
+            optional={
+                "profile": st.sampled_from(["sage-guide", "owasp", "none", "strict"]),
+                "remove": st.lists(st.sampled_from(["X-A", "X-Asp*", "Content-Type", "Server", "X-Frame-Options"])),
+                "set": st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=3),
+                "default": st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=3),
+            },
+        ),
+        "hsts": st.fixed_dictionaries(
+            {},
+            optional={"max_age": st.integers(-1, 10**9), "include_subdomains": st.booleans(), "preload": st.booleans()},
+        ),
+        "cookies": st.fixed_dictionaries(
+            {}, optional={"same_site": st.sampled_from(["Lax", "Strict", "None", "", "lax"]), "secure": st.booleans()}
+        ),
+    },
 )
-def test_a_nearly_valid_site_loads_or_is_refused_cleanly(hosts: list[str], upstream: str) -> None:
-    site = toml_document({"hosts": hosts, "upstream": upstream})
-    check_outcome(load('[listen]\nplain = ["127.0.0.1:0"]\nhttps = []\nhttp = []\n', [site]))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    hosts=st.lists(PLAUSIBLE | st.text(max_size=12), max_size=3)
+    | st.sampled_from([["crm.example.com"], ["crm.example.com", "*.example.com"]])
+    | st.just(["127.0.0.1"]),
+    upstream=PLAUSIBLE | st.text(max_size=20) | st.just("http://127.0.0.1:1") | st.just("https://iis.internal:8443"),
+    extras=SITE_EXTRAS,
+    pairs=HEADERS,
+)
+def test_a_nearly_valid_site_loads_or_is_refused_cleanly(
+    hosts: list[str], upstream: str, extras: dict[str, Any], pairs: list[tuple[str, str]]
+) -> None:
+    site = toml_document({"hosts": hosts, "upstream": upstream, **extras})
+    outcome = load('[listen]\nplain = ["127.0.0.1:0"]\nhttps = []\nhttp = []\n', [site])
+    check_outcome(outcome)
+    if isinstance(outcome, Config):  # whatever loaded, its policy applies cleanly to any upstream headers
+        for loaded in outcome.sites:
+            headers: CIMultiDict[str] = CIMultiDict(pairs)
+            loaded.policy.apply(headers, ResponseContext(https=True, public_origin="https://crm.example.com"))
