@@ -74,11 +74,12 @@ async def served(upstream: Upstream, tmp_path: Path):  # type: ignore[no-untyped
 
 @posix_only
 async def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(served: Served, upstream: Upstream) -> None:
-    slow = asyncio.ensure_future(
-        exchange(served.port, b"GET /slow?delay=1.5 HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n", timeout=15)
-    )
+    requests = [b"GET /slow?delay=1.5&n=%d HTTP/1.1\r\n" % i + HOST + b"Connection: close\r\n\r\n" for i in range(10)]
+    slow_ones = asyncio.gather(*(exchange(served.port, r, timeout=15) for r in requests))
     idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", served.port)  # an idle keep-alive client
-    await recorded(upstream, "/slow")  # the slow request is at the upstream now
+    async with asyncio.timeout(10):
+        while sum(r.raw_path.startswith("/slow") for r in upstream.recorded) < 10:
+            await asyncio.sleep(0.01)  # all ten are at the upstream now
     served.process.send_signal(signal.SIGTERM)
     await served.wait_for_log("stopping")
     await asyncio.sleep(0.1)
@@ -86,9 +87,9 @@ async def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(served: Ser
         await asyncio.open_connection("127.0.0.1", served.port)
     assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # idle connections are closed at once
     idle_writer.close()
-    result = await slow
-    assert result.response.status_line == "HTTP/1.1 200 OK"
-    assert result.response.body == b"done"
+    for result in await slow_ones:
+        assert result.response.status_line == "HTTP/1.1 200 OK"
+        assert result.response.body == b"done"
     assert await asyncio.wait_for(served.process.wait(), 10) == 0
 
 
@@ -151,3 +152,27 @@ async def test_an_upload_in_flight_finishes_during_shutdown(upstream: Upstream, 
     await asyncio.wait_for(stopping, 5)
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     assert upstream.recorded[0].body_length == 10
+
+
+async def test_reloads_under_load_drop_nothing(upstream: Upstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"crm": site_toml(upstream)})
+    site = proxy.service.config.directory / "sites" / "crm.toml"
+    gate = asyncio.Semaphore(20)
+
+    async def one(i: int) -> str:
+        request = b"GET /echo/%d HTTP/1.1\r\n" % i + HOST + b"Connection: close\r\n\r\n"
+        async with gate:
+            return (await exchange(proxy.port, request)).response.status_line
+
+    async def reloads() -> list[bool]:
+        results = []
+        for i in range(10):
+            await asyncio.sleep(0.02)
+            site.write_text(site_toml(upstream, "" if i % 2 else "hosts = [\n"))  # every other file is broken
+            results.append(proxy.service.reload())
+        return results
+
+    statuses, outcomes = await asyncio.gather(asyncio.gather(*(one(i) for i in range(400))), reloads())
+    assert set(statuses) == {"HTTP/1.1 200 OK"}
+    assert outcomes == [False, True] * 5
+    assert len(upstream.recorded) == 400
