@@ -102,9 +102,13 @@ _ERROR_11 = ERROR._replace(version=HttpVersion11)
 
 
 def head_size(message: RawRequestMessage) -> int:
-    """Bytes of the request head written canonically: `METHOD target HTTP/1.1`, `Name: value` lines, CRLFs."""
+    """The fewest bytes this head could have been sent in (`Name:value` lines, no optional whitespace).
+
+    Heads that arrive while the connection is idle are counted byte for byte as they arrive; this
+    covers pipelined ones, and never counts more than the client sent.
+    """
     line = len(message.method) + len(message.path.encode("utf-8", "surrogateescape")) + 12
-    return line + sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 2
+    return line + sum(len(name) + len(value) + 3 for name, value in message.raw_headers) + 2
 
 
 def too_large(limit: int) -> Refusal:
@@ -187,10 +191,10 @@ class ProxyRequestHandler(RequestHandler):
         self._stop_head_timer()
         super().connection_lost(exc)
 
-    def close(self) -> None:
-        """Take no further request; keep reading the body of the one in flight (see `shutdown`)."""
-        self._draining = self._request_in_progress
-        super().close()
+    def drain(self) -> None:
+        """Shutdown begins: take no further request, but keep reading the body of the one in flight."""
+        self._draining = self._request_in_progress and not self._upgraded
+        self.close()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         """Let the request in flight finish, body upload included, before aiohttp's shutdown.
@@ -200,7 +204,8 @@ class ProxyRequestHandler(RequestHandler):
         """
         loop = self._loop
         deadline = loop.time() + (timeout or 0)
-        self.close()
+        if not self._close:
+            self.drain()
         if self._request_in_progress and self._handler_waiter is None and timeout:
             self._handler_waiter = waiter = loop.create_future()
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
@@ -397,6 +402,13 @@ class ProxyServer(web.Server):
         if message is ERROR:
             message = _ERROR_11
         return ProxyRequest(message, payload, protocol, writer, task, self._loop, context=self._context())
+
+    def pre_shutdown(self) -> None:
+        for connection in self._connections:
+            if isinstance(connection, ProxyRequestHandler):
+                connection.drain()
+            else:
+                connection.close()
 
     def __call__(self) -> RequestHandler:
         return ProxyRequestHandler(self, loop=self._loop, **self._options, **self._kwargs)

@@ -192,3 +192,15 @@ async def test_more_than_128_header_lines_is_431(limited, upstream: Upstream) ->
     result = await exchange(limited.port, b"GET /echo HTTP/1.1\r\n" + HOST + lines + b"\r\n")
     assert_refusal(result, "HTTP/1.1 431 Request Header Fields Too Large")
     assert upstream.recorded == []
+
+
+async def test_the_limit_counts_the_bytes_sent_not_a_rewritten_head(limited, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    """`Name:value` without a space: a head of exactly the limit is served, one byte more is 431."""
+    start = b"GET /echo HTTP/1.1\r\nHost:crm.example.com\r\nConnection:close\r\n"
+    lines = b"".join(b"X-%02d:%s\r\n" % (i, b"v" * 20) for i in range(40))
+    pad = LIMIT - len(start) - len(lines) - len(b"X-Pad:\r\n\r\n")
+    exact = start + lines + b"X-Pad:" + b"p" * pad + b"\r\n\r\n"
+    assert len(exact) == LIMIT
+    assert (await exchange(limited.port, exact)).response.status_line == "HTTP/1.1 200 OK"
+    over = exact.replace(b"X-Pad:", b"X-Pad:p")
+    assert (await exchange(limited.port, over)).response.status_line == "HTTP/1.1 431 Request Header Fields Too Large"
