@@ -68,6 +68,8 @@ class Timeouts:
     upstream_connect: float = 5
     upstream_read: float = 300
     shutdown_grace: float = 30
+    keep_alive: float = 75  # idle seconds before a kept-alive client connection is closed
+    client_body: float = 60  # seconds of client silence in the middle of a request body
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,17 @@ policy is applied by the request type when the response is prepared (see `protoc
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from . import redact
 from .config import Config, Network, Site
 from .observe import routed
 from .policy import ResponseContext
@@ -102,15 +104,53 @@ def effective_scheme(request: ProxyRequest, trusted: bool) -> str:
 
 
 def refuse(request: ProxyRequest, status: int, detail: str) -> web.Response:
-    log.info("refused %s %s from %s: %d %s", request.method, request.raw_path[:200], request.remote, status, detail)
+    target = redact.target(request.raw_path, 200)
+    log.info("refused %s %s from %s: %d %s", redact.escape(request.method), target, request.remote, status, detail)
     response = own_response(status, detail)
     response.force_close()  # a refused connection is not reused: 421 means "not on this connection"
     return response
 
 
-def body_of(request: ProxyRequest) -> object | None:
+class ClientBody:
+    """The client's request body, passed upstream as it arrives, within two limits.
+
+    `limits.max_body_bytes`: a declared length is checked before the upstream is contacted, but a
+    chunked one can only be counted on the way. `timeouts.client_body`: a client that stops sending
+    mid-body (slow-POST) would otherwise hold an upstream connection open indefinitely. Either
+    way the upload is aborted mid-body, so the upstream sees a broken request and never a complete
+    one, and the client gets 413 or 408 if nothing was answered yet.
+    """
+
+    def __init__(self, content: web.StreamReader, limit: int, idle: float) -> None:
+        self.content, self.limit, self.idle = content, limit, idle
+        self.seen, self.exceeded, self.stalled = 0, False, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self.idle or None):
+                    chunk = await self.content.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise BodyRefused("client stopped sending the request body") from None
+            if not chunk:
+                return
+            self.seen += len(chunk)
+            if self.limit and self.seen > self.limit:
+                self.exceeded = True
+                raise BodyRefused(f"request body over {self.limit} bytes")
+            yield chunk
+
+
+class BodyRefused(Exception):
+    """Raised inside the upload to the upstream to abort it."""
+
+
+def body_of(request: ProxyRequest, limit: int = 0, idle: float = 0) -> ClientBody | None:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    return request.content if chunked or (request.content_length or 0) > 0 else None
+    if chunked or (request.content_length or 0) > 0:
+        return ClientBody(request.content, limit if chunked else 0, idle)
+    return None
 
 
 async def handle(request: ProxyRequest) -> web.StreamResponse:
@@ -142,11 +182,12 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
         return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
     if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    body = body_of(request, limit, snapshot.config.proxy.timeouts.client_body)
     outbound = OutboundRequest(
         method=request.method,
         url=URL(site.upstream_origin + target.path_qs, encoded=True),
         headers=upstream_headers(request, site, target, trusted, scheme),
-        body=body_of(request),  # type: ignore[arg-type]
+        body=body,  # type: ignore[arg-type]
         ssl=site.upstream_ssl,
         server_hostname=site.upstream_tls.server_name or None,
     )
@@ -162,7 +203,7 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
                 async for chunk in answer.chunks():
                     await response.write(chunk)
             except UpstreamError as exc:
-                log.warning("%s %s: %s; response cut short", site.name, exc.kind, exc.detail)
+                log.warning("%s %s: %s; response cut short", site.name, exc.kind, redact.text(exc.detail))
                 request.protocol.force_close()  # the client must see a truncated body, not a clean end
                 return response
             except ConnectionError:
@@ -170,14 +211,19 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
             await response.write_eof()
             return response
     except UpstreamError as exc:
+        if body is not None and body.exceeded:
+            return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
+        if body is not None and body.stalled:
+            request.content.feed_eof()  # no lingering read of a body that has stopped coming
+            return refuse(request, 408, "The request body did not arrive in time.")
         log.warning(
             "%s: %s %s -> %d (%s: %s)",
             site.name,
-            request.method,
-            target.path_qs[:200],
+            redact.escape(request.method),
+            redact.target(target.path_qs, 200),
             exc.status,
             exc.kind,
-            exc.detail,
+            redact.text(exc.detail),
         )
         detail = (
             "The upstream server did not answer in time."

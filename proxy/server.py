@@ -23,7 +23,7 @@ from .observe import (
     refresh_certificates,
     watch_connections,
 )
-from .protocol import ProxyRequest, ProxyServer
+from .protocol import LINGER, ConnectionGate, ProxyRequest, ProxyServer
 from .redirect import handle_redirect
 from .routing import parse_target
 from .tls import Certificates, listener_context
@@ -45,6 +45,7 @@ class ProxyService:
         self.metrics = Metrics()
         self.admin: AdminListener | None = None
         self.draining = False  # set when stop() begins, so /readyz turns 503 first
+        self._gate = ConnectionGate(config.proxy.limits.max_connections)  # shared by every listener
 
     @property
     def snapshot(self) -> Snapshot:
@@ -60,11 +61,10 @@ class ProxyService:
         return ProxyServer(
             observed(handler, self.metrics),
             context=lambda: self.snapshot,
+            **hardening_options(proxy.limits.max_header_bytes, proxy.timeouts.client_header, self._gate),
             handler_cancellation=True,  # a client that leaves releases its upstream request at once
             auto_decompress=False,  # request bodies go upstream exactly as sent
-            max_line_size=proxy.limits.max_header_bytes,
-            max_field_size=proxy.limits.max_header_bytes,
-            keepalive_timeout=75,
+            keepalive_timeout=proxy.timeouts.keep_alive,
             access_log=logging.getLogger("crm_proxy.access"),
             access_log_class=access_logger_class(self.metrics),  # one access line and metrics per response
         )
@@ -167,8 +167,7 @@ class ProxyService:
         if self._expiry_watch is not None:
             self._expiry_watch.cancel()
             self._expiry_watch = None
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        await stop_gracefully(self._runners)
         self._runners.clear()
         self._kinds.clear()
         if self._transport is not None:
@@ -199,6 +198,30 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     if old.proxy.tls.min_version != new.proxy.tls.min_version:
         notes.append("proxy.toml: tls.min_version: takes effect at the next restart")
     return notes
+
+
+def hardening_options(head_limit: int, client_header: float, gate: ConnectionGate) -> dict[str, object]:
+    """Protocol options against oversized heads and slow clients (see `protocol.ProxyRequestHandler`)."""
+    return {
+        "head_limit": head_limit,  # the whole head; no single line can be longer either
+        "max_line_size": head_limit,
+        "max_field_size": head_limit,
+        "client_header": client_header,
+        "gate": gate,
+        "lingering_time": LINGER,  # unread body of a refused request: discarded for at most this long, then close
+    }
+
+
+async def stop_gracefully(runners: list[web.BaseRunner]) -> None:
+    """Close every listening socket first, then drain all listeners' connections at once.
+
+    Cleaning runners one by one would keep later listeners accepting while the first drains,
+    and make the grace period add up per listener.
+    """
+    for runner in runners:
+        for site in list(runner.sites):
+            await site.stop()
+    await asyncio.gather(*(runner.cleanup() for runner in runners))
 
 
 async def run_until_stopped(service: ProxyService, stop: asyncio.Event) -> None:

@@ -1,0 +1,67 @@
+"""Make request text safe to log: no credentials, no session ids, no forged log lines.
+
+Anything from a client that reaches a log line (a path, a header, a parser's complaint that
+quotes the bytes it choked on) passes through here first. Secrets are replaced, not hashed:
+a log is read by more people than the CRM's users are.
+"""
+
+from __future__ import annotations
+
+import re
+
+REDACTED = "[redacted]"
+#: Headers whose whole value is a credential; the scheme word (`Basic`, `Bearer`) is kept.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-sage-authorization"})
+#: Headers made of `name=value` pairs whose values are secrets (session cookies).
+COOKIE_HEADERS = frozenset({"cookie", "set-cookie"})
+#: Query parameters that carry a session: Sage CRM keeps its session id in `SID`.
+SECRET_PARAMS = frozenset({"sid"})
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+_PARAM = re.compile(r"(?i)(?<![^?&;])(sid)=[^&;#\s'\"]*")
+_WORD_PARAM = re.compile(r"(?i)\b(sid)=[^&;#\s'\"]*")
+_CREDENTIAL_LINE = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|x-sage-authorization|cookie|set-cookie)(\s*[:=]\s*)([^\r\n'\"]*)"
+)
+_COOKIE_PAIR = re.compile(r"([^=;,\s]+)=([^;,]*)")
+#: A Python bytes literal in an exception message: the raw request bytes a parser quotes.
+_BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\"")
+_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}
+LIMIT = 300
+
+
+def escape(text: str, limit: int = LIMIT) -> str:
+    """Control characters (CR, LF, NUL, ESC, ...) and backslashes as escapes; long text cut with an ellipsis."""
+    cut = text[:limit]
+    out = _CONTROL.sub(
+        lambda m: {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}.get(m[0], f"\\x{ord(m[0]):02x}"), cut
+    )
+    return out + ("..." if len(text) > limit else "")
+
+
+def target(raw: str, limit: int = LIMIT) -> str:
+    """A request-target for the log: session parameters replaced, then escaped."""
+    return escape(_PARAM.sub(lambda m: f"{m[1]}={REDACTED}", raw), limit)
+
+
+def header(name: str, value: str, limit: int = LIMIT) -> str:
+    """One header value for the log: credentials and cookie values replaced, then escaped."""
+    low = name.lower()
+    if low in CREDENTIAL_HEADERS:
+        scheme = value.strip().split(" ", 1)[0] if " " in value.strip() else ""
+        value = f"{scheme} {REDACTED}" if scheme else REDACTED
+    elif low in COOKIE_HEADERS:
+        value = _COOKIE_PAIR.sub(lambda m: f"{m[1]}={REDACTED}", value)
+    return escape(value, limit)
+
+
+def text(message: object, limit: int = LIMIT) -> str:
+    """Free text that may quote request bytes (parser errors).
+
+    Quoted byte strings are dropped whole (a parser quotes a header value without its name, so
+    nothing tells whether it was a password); credentials, cookies and SIDs replaced; escaped.
+    """
+    raw = _BYTES_LITERAL.sub("<bytes>", str(message))
+    raw = _CREDENTIAL_LINE.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", raw)
+    raw = _WORD_PARAM.sub(lambda m: f"{m[1]}={REDACTED}", raw)
+    return escape(raw, limit)
