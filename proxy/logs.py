@@ -10,43 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
 
-REDACTED = "[redacted]"
-#: Request headers whose values are credentials (never logged, whoever asks).
-SECRET_HEADERS = frozenset({"authorization", "x-sage-authorization", "proxy-authorization", "cookie", "set-cookie"})
-#: Query parameters that carry a Sage CRM session (`SID`) or another credential.
-SECRET_PARAMS = frozenset({"sid", "password", "pwd", "token", "access_token"})
-_PARAM = re.compile(r"(?i)(?<![^?&;])(" + "|".join(sorted(SECRET_PARAMS)) + r")=[^&;#\s]*")
-_USERINFO = re.compile(r"(?i)^(https?://)[^/?#@]*@")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from .redact import escape, scrub
+from .redact import target as redact_target
+
 MAX_FIELD = 2048
 
 events = logging.getLogger("crm_proxy.events")
-
-
-def escape_controls(text: str) -> str:
-    """CR, LF and other control characters as visible escapes, so input cannot start a log line of its own."""
-    return _CONTROL.sub(lambda m: {"\r": "\\r", "\n": "\\n", "\t": "\\t"}.get(m[0], f"\\x{ord(m[0]):02x}"), text)
-
-
-def redact_target(target: str) -> str:
-    """A request target fit for a log: `SID` and other credential parameters and URL user-info replaced."""
-    target = _USERINFO.sub(r"\1" + REDACTED + "@", target)
-    return _PARAM.sub(lambda m: f"{m[1]}={REDACTED}", target)
-
-
-def redact_header(name: str, value: str) -> str:
-    """A header value fit for a log: credentials replaced, control characters escaped."""
-    return REDACTED if name.lower() in SECRET_HEADERS else escape_controls(value[:MAX_FIELD])
-
-
-def scrub(text: str) -> str:
-    """The last line of defence for any message: session ids out, control characters escaped."""
-    return escape_controls(_PARAM.sub(lambda m: f"{m[1]}={REDACTED}", text))
 
 
 def access_fields(
@@ -69,8 +42,8 @@ def access_fields(
         "event": "access",
         "site": site,
         "client": client,
-        "method": escape_controls(method[:32]),
-        "path": escape_controls(redact_target(target[:MAX_FIELD])),
+        "method": escape(method, 32),
+        "path": redact_target(target, MAX_FIELD),
         "status": status,
         "bytes": sent,
         "bytes_in": received,
@@ -81,7 +54,7 @@ def access_fields(
     if upstream_error:
         fields["upstream_error"] = upstream_error
     if forwarded_for:
-        fields["forwarded_for"] = escape_controls(forwarded_for[:256])
+        fields["forwarded_for"] = escape(forwarded_for, 256)
     return fields
 
 

@@ -14,12 +14,15 @@ REDACTED = "[redacted]"
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-sage-authorization"})
 #: Headers made of `name=value` pairs whose values are secrets (session cookies).
 COOKIE_HEADERS = frozenset({"cookie", "set-cookie"})
-#: Query parameters that carry a session: Sage CRM keeps its session id in `SID`.
-SECRET_PARAMS = frozenset({"sid"})
+#: Query parameters that carry a session (Sage CRM keeps its session id in `SID`) or another credential.
+SECRET_PARAMS = frozenset({"sid", "password", "pwd", "token", "access_token"})
 
+_NAMES = "|".join(sorted(SECRET_PARAMS))
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
-_PARAM = re.compile(r"(?i)(?<![^?&;])(sid)=[^&;#\s'\"]*")
-_WORD_PARAM = re.compile(r"(?i)\b(sid)=[^&;#\s'\"]*")
+_CONTROL_ONLY = re.compile(r"[\x00-\x1f\x7f]")
+_PARAM = re.compile(r"(?i)(?<![^?&;])(" + _NAMES + r")=[^&;#\s'\"]*")
+_WORD_PARAM = re.compile(r"(?i)\b(" + _NAMES + r")=[^&;#\s'\"]*")
+_USERINFO = re.compile(r"(?i)^(https?://)[^/?#@]*@")
 _CREDENTIAL_LINE = re.compile(
     r"(?i)\b(authorization|proxy-authorization|x-sage-authorization|cookie|set-cookie)(\s*[:=]\s*)([^\r\n'\"]*)"
 )
@@ -33,15 +36,24 @@ LIMIT = 300
 def escape(text: str, limit: int = LIMIT) -> str:
     """Control characters (CR, LF, NUL, ESC, ...) and backslashes as escapes; long text cut with an ellipsis."""
     cut = text[:limit]
-    out = _CONTROL.sub(
-        lambda m: {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}.get(m[0], f"\\x{ord(m[0]):02x}"), cut
-    )
+    out = _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), cut)
     return out + ("..." if len(text) > limit else "")
 
 
+def escape_controls(text: str) -> str:
+    """Only control characters as escapes, for whole log lines (backslashes in messages stay readable)."""
+    return _CONTROL_ONLY.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
 def target(raw: str, limit: int = LIMIT) -> str:
-    """A request-target for the log: session parameters replaced, then escaped."""
+    """A request-target for the log: session and credential parameters and URL user-info replaced, then escaped."""
+    raw = _USERINFO.sub(r"\1" + REDACTED + "@", raw)
     return escape(_PARAM.sub(lambda m: f"{m[1]}={REDACTED}", raw), limit)
+
+
+def scrub(message: str) -> str:
+    """The last line of defence for any log line, whoever wrote it: session ids out, controls escaped."""
+    return escape_controls(_PARAM.sub(lambda m: f"{m[1]}={REDACTED}", message))
 
 
 def header(name: str, value: str, limit: int = LIMIT) -> str:

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.logs import configure, escape_controls, redact_header, redact_target
+from proxy.logs import configure
+from proxy.redact import escape_controls
+from proxy.redact import header as redact_header
+from proxy.redact import target as redact_target
 from tests.conftest import StartProxy, Upstream, raw_request, site_toml
 from tests.ops import WITH_ADMIN, admin_url, get
 
@@ -129,9 +132,9 @@ def test_redaction_functions() -> None:
     assert redact_target("/x?XSID=1&SIDE=2") == "/x?XSID=1&SIDE=2"  # only the parameter named SID
     assert redact_target("/login?user=a&password=hunter2") == "/login?user=a&password=[redacted]"
     assert redact_target("https://u:p@crm/x") == "https://[redacted]@crm/x"
-    assert redact_header("Authorization", "Basic abc") == "[redacted]"
-    assert redact_header("x-sage-authorization", "Basic abc") == "[redacted]"
-    assert redact_header("Cookie", "a=b") == "[redacted]"
+    assert redact_header("Authorization", "Basic abc") == "Basic [redacted]"
+    assert redact_header("x-sage-authorization", "Basic abc") == "Basic [redacted]"
+    assert redact_header("Cookie", "a=b") == "a=[redacted]"
     assert redact_header("User-Agent", "evil\r\nforged: line") == "evil\\r\\nforged: line"
     assert escape_controls("a\x00b\x7fc\td") == "a\\x00b\\x7fc\\td"
 
