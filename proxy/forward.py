@@ -153,9 +153,8 @@ def body_of(request: ProxyRequest, limit: int = 0, idle: float = 0) -> ClientBod
     return None
 
 
-async def handle(request: ProxyRequest) -> web.StreamResponse:
-    """Route and forward one request; every early return is a refusal the policy still decorates."""
-    snapshot: Snapshot = request.context
+def checked_target(request: ProxyRequest) -> Target | web.Response:
+    """What every listener checks before it looks for a site: the refusal, or a target naming a host."""
     if request.method == "CONNECT":
         return refuse(request, 405, "CONNECT is not supported: this is a reverse proxy, not a forward proxy.")
     target = parse_target(request.raw_path, request.headers.get("Host"))
@@ -165,6 +164,15 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
         return refuse(request, 421, "This proxy serves no site for this host.")
     if not target.path_qs.startswith("/"):
         return refuse(request, 400, "The request target must be a path.")
+    return target
+
+
+async def handle(request: ProxyRequest) -> web.StreamResponse:
+    """Route and forward one request; every early return is a refusal the policy still decorates."""
+    snapshot: Snapshot = request.context
+    target = checked_target(request)
+    if isinstance(target, web.Response):
+        return target
     site = snapshot.router.match(target.host, target.path_qs)
     if site is None:
         return refuse(request, 421, "This proxy serves no site for this host.")

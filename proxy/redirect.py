@@ -14,10 +14,9 @@ from pathlib import Path
 from aiohttp import web
 
 from .config import Site
-from .forward import Snapshot, refuse
+from .forward import Snapshot, checked_target, refuse
 from .policy import ResponseContext
 from .protocol import ProxyRequest, own_response
-from .routing import parse_target
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
 #: RFC 8555 §8.3: the token is base64url, so anything else (dots, slashes, %-escapes) is refused.
@@ -60,13 +59,10 @@ def challenge(directory: Path | None, path: str) -> web.Response:
 
 async def handle_redirect(request: ProxyRequest) -> web.StreamResponse:
     snapshot: Snapshot = request.context
-    if request.method == "CONNECT":
-        return refuse(request, 405, "CONNECT is not supported: this is a reverse proxy, not a forward proxy.")
-    target = parse_target(request.raw_path, request.headers.get("Host"))
-    if target.host is None:
-        return refuse(request, 400, "The request names no valid host.")
-    if not target.path_qs.startswith("/"):
-        return refuse(request, 400, "The request target must be a path.")
+    target = checked_target(request)
+    if isinstance(target, web.Response):
+        return target
+    assert target.host is not None
     site = site_for_host(snapshot, target.host, target.path_qs)
     if site is None:
         return refuse(request, 421, "This proxy serves no site for this host.")
