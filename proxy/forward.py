@@ -21,6 +21,7 @@ from .policy import ResponseContext
 from .protocol import ProxyRequest, own_response
 from .routing import Router, Target, parse_target
 from .upstream import OutboundRequest, Transport, UpstreamError
+from .websocket import UPGRADE_HEADERS, asks_upgrade, is_upgrade, origin_allowed, tunnel
 
 log = logging.getLogger("crm_proxy")
 
@@ -135,15 +136,21 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
         public_origin=f"{scheme}://{target.authority}" if target.authority else None,
         upstream_hosts=frozenset((site.upstream_host, target.host)),
     )
+    upgrade = is_upgrade(request)
+    if upgrade and not origin_allowed(site.websocket_origins, request.headers):
+        return refuse(request, 403, "This site does not accept WebSocket connections from this page's origin.")
     limit = snapshot.config.proxy.limits.max_body_bytes
     if limit and (request.content_length or 0) > limit:
         return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
     if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    headers = upstream_headers(request, site, target, trusted, scheme)
+    if upgrade:
+        headers.extend(UPGRADE_HEADERS)
     outbound = OutboundRequest(
         method=request.method,
         url=URL(site.upstream_origin + target.path_qs, encoded=True),
-        headers=upstream_headers(request, site, target, trusted, scheme),
+        headers=headers,
         body=body_of(request),  # type: ignore[arg-type]
         ssl=site.upstream_ssl,
         server_hostname=site.upstream_tls.server_name or None,
@@ -155,6 +162,12 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
             length = answer.headers.get("Content-Length")
             if length is not None and length.isdigit() and "Transfer-Encoding" not in answer.headers:
                 response.content_length = int(length)
+            if answer.status == 101:
+                if upgrade:
+                    return await tunnel(request, response, answer)
+                return own_response(502, "The upstream server switched protocols without being asked to.")
+            if asks_upgrade(request):
+                response.force_close()  # the parser stopped at the upgrade: this connection cannot go on
             await response.prepare(request)
             try:
                 async for chunk in answer.chunks():

@@ -1,0 +1,215 @@
+"""WebSocket upgrades through the proxy, in front of the stand-in's /ws/echo, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+
+from proxy.standin import pattern_bytes
+from tests.conftest import PUBLIC_HOST, Proxy, StartProxy, Upstream, parse_raw, raw_request, site_toml
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key; its accept value is known
+
+
+def handshake(path: str = "/ws/echo", *extra: str) -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {PUBLIC_HOST}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {KEY}",
+        "Sec-WebSocket-Version: 13",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked, final frame as a client must send it."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll a condition until it holds or the (generous) deadline passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_101_carries_the_policy_and_frames_pass_byte_for_byte(proxy: Proxy, upstream: Upstream) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(handshake())
+        head = parse_raw(await read_head(reader))
+        assert head.status_line == "HTTP/1.1 101 Switching Protocols"
+        accept = base64.b64encode(hashlib.sha1(KEY.encode() + WS_GUID).digest()).decode()
+        assert head.get_all("Sec-WebSocket-Accept") == [accept]
+        assert head.get_all("Upgrade") == ["websocket"]
+        assert head.get_all("Connection") == ["Upgrade"]
+        assert head.get_all("X-Frame-Options") == ["SAMEORIGIN"]
+        assert head.get_all("X-Content-Type-Options") == ["nosniff"]
+        assert head.get_all("X-XSS-Protection") == ["1; mode=block"]
+        assert head.get_all("Server") == [] and head.get_all("X-Powered-By") == []
+        assert head.get_all("Content-Length") == [] and head.get_all("Transfer-Encoding") == []
+        writer.write(client_frame(0x1, b"hello CRM"))
+        assert await asyncio.wait_for(reader.readexactly(11), 5) == b"\x81\x09hello CRM"  # server frames: unmasked
+        writer.write(client_frame(0x9, b"are you there"))  # ping
+        assert await asyncio.wait_for(reader.readexactly(15), 5) == b"\x8a\x0dare you there"  # pong
+        writer.write(client_frame(0x8, struct.pack("!H", 1000)))
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x88\x02\x03\xe8"  # close echoed
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then the connection ends
+    finally:
+        writer.close()
+    (seen,) = [r for r in upstream.recorded if r.raw_path == "/ws/echo"]
+    assert seen.header("Sec-WebSocket-Key") == [KEY]
+    assert seen.header("Upgrade") == ["websocket"] and seen.header("Connection") == ["Upgrade"]
+    assert seen.header("X-Forwarded-For") == ["127.0.0.1"]
+
+
+async def test_text_and_one_mebibyte_binary_echo(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    big = pattern_bytes(7, 1024 * 1024)
+    async with client.ws_connect(f"{proxy.url}/ws/echo", max_msg_size=0) as ws:
+        await ws.send_str("Grüße from the dashboard")
+        assert (await ws.receive(5)).data == "Grüße from the dashboard"
+        await ws.send_bytes(big)
+        message = await ws.receive(10)
+        assert message.type == aiohttp.WSMsgType.BINARY and message.data == big
+        for i in range(20):  # many small frames in a row keep their order
+            await ws.send_str(f"n{i}")
+        assert [(await ws.receive(5)).data for _ in range(20)] == [f"n{i}" for i in range(20)]
+
+
+async def test_subprotocol_and_extension_are_negotiated_end_to_end(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    async with client.ws_connect(f"{proxy.url}/ws/echo", protocols=("crm.v1", "other"), compress=15) as ws:
+        assert ws.protocol == "crm.v1"
+        assert ws.compress == 15  # permessage-deflate, agreed by the two ends, compressed frames tunnelled
+        text = "compressible " * 2000
+        await ws.send_str(text)
+        assert (await ws.receive(5)).data == text
+    async with client.ws_connect(f"{proxy.url}/ws/echo", protocols=("unknown",), compress=0) as ws:
+        assert ws.protocol is None and ws.compress == 0
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1000, "done"), (4001, "session expired"), (1008, "")])
+async def test_close_codes_and_reasons_pass_through(
+    proxy: Proxy, client: aiohttp.ClientSession, code: int, reason: str
+) -> None:
+    async with client.ws_connect(f"{proxy.url}/ws/echo") as ws:
+        await ws.send_str(f"close:{code}:{reason}")
+        message = await ws.receive(5)
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert (message.data, message.extra) == (code, reason)
+    assert ws.close_code == code
+
+
+async def test_ping_pong_with_payload(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    async with client.ws_connect(f"{proxy.url}/ws/echo", autoping=False) as ws:
+        await ws.ping(b"keepalive 1")
+        message = await ws.receive(5)
+        assert message.type == aiohttp.WSMsgType.PONG and message.data == b"keepalive 1"
+
+
+async def test_origin_allow_list(upstream: Upstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(
+        {"crm": site_toml(upstream, 'websocket_origins = ["https://crm.example.com", "http://localhost:8080"]\n')}
+    )
+    for origin in ("https://crm.example.com", "HTTPS://CRM.EXAMPLE.COM:443", "http://localhost:8080"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(handshake("/ws/echo", f"Origin: {origin}"))
+        assert (await read_head(reader)).startswith(b"HTTP/1.1 101 "), origin
+        writer.close()
+    before = len(upstream.recorded)
+    for extra in (
+        ("Origin: https://evil.example",),
+        ("Origin: https://crm.example.com.evil.example",),
+        ("Origin: http://crm.example.com",),  # another scheme is another origin
+        ("Origin: null",),
+        (),  # no Origin at all
+        ("Origin: https://crm.example.com", "Origin: https://evil.example"),
+    ):
+        answer = await raw_request(proxy.port, handshake("/ws/echo", *extra))
+        assert answer.status == 403, extra
+        assert answer.get_all("X-Frame-Options") == ["SAMEORIGIN"]
+        assert answer.get_all("X-Content-Type-Options") == ["nosniff"]
+        assert answer.get_all("Connection") == ["close"]
+        assert b"origin" in answer.body
+    assert len(upstream.recorded) == before  # refused before the upstream is contacted
+
+
+async def test_upgrade_refused_by_upstream_is_relayed_and_closes(proxy: Proxy) -> None:
+    answer = await raw_request(proxy.port, handshake("/status/403"))
+    assert answer.status == 403
+    assert answer.get_all("Connection") == ["close"]
+    assert answer.get_all("X-Frame-Options") == ["SAMEORIGIN"]
+    assert b"permission" in answer.body
+
+
+async def test_websocket_survives_a_reload(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    async with client.ws_connect(f"{proxy.url}/ws/echo") as ws:
+        await ws.send_str("before")
+        assert (await ws.receive(5)).data == "before"
+        assert proxy.service.reload()
+        await ws.send_str("after")
+        assert (await ws.receive(5)).data == "after"
+        async with client.ws_connect(f"{proxy.url}/ws/echo") as second:  # new ones open under the new snapshot
+            await second.send_str("new")
+            assert (await second.receive(5)).data == "new"
+
+
+async def test_shutdown_closes_open_websockets_after_the_grace(
+    upstream: Upstream, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy_toml = "[listen]\nhttps = []\nhttp = []\nplain = ['127.0.0.1:0']\n[timeouts]\nshutdown_grace = 0.3\n"
+    proxy = await start_proxy({"crm": site_toml(upstream)}, proxy_toml)
+    async with client.ws_connect(f"{proxy.url}/ws/echo") as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(5)).data == "hi"
+        await asyncio.wait_for(proxy.service.stop(), 5)
+        message = await ws.receive(5)
+        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR)
+    assert await eventually(lambda: not upstream.runner.server.connections)  # type: ignore[union-attr]
+
+
+async def test_client_vanishing_releases_the_upstream_connection(proxy: Proxy, upstream: Upstream) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(handshake())
+    await read_head(reader)
+    writer.write(client_frame(0x1, b"x"))
+    await asyncio.wait_for(reader.readexactly(3), 5)
+    assert len(upstream.runner.server.connections) == 1  # type: ignore[union-attr]
+    writer.transport.abort()  # no close frame, no FIN handshake: just gone
+    assert await eventually(lambda: not upstream.runner.server.connections)  # type: ignore[union-attr]
+    assert await eventually(lambda: not proxy.service._runners[0].server.connections)  # type: ignore[union-attr]
+
+
+async def test_upstream_closing_ends_the_client_connection(proxy: Proxy, client: aiohttp.ClientSession) -> None:
+    async with client.ws_connect(f"{proxy.url}/ws/echo") as ws:
+        await ws.send_str("close:1001:going away")
+        message = await ws.receive(5)
+        assert (message.type, message.data, message.extra) == (aiohttp.WSMsgType.CLOSE, 1001, "going away")
+    assert ws.closed
