@@ -623,7 +623,7 @@ def make_app(*, name: str = "crm") -> web.Application:
 
 async def run_standin(host: str, port: int) -> web.AppRunner:
     """Start the stand-in on host:port (0 = any free port; read ``runner.addresses``)."""
-    runner = web.AppRunner(make_app())
+    runner = web.AppRunner(make_app(), handler_cancellation=True)  # IIS, too, stops work for a client gone
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -7,13 +7,13 @@ import base64
 import hashlib
 import os
 import struct
-from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from proxy.standin import pattern_bytes
 from tests.conftest import PUBLIC_HOST, Proxy, StartProxy, Upstream, parse_raw, raw_request, site_toml
+from tests.test_streams import eventually, open_connections
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key; its accept value is known
@@ -48,17 +48,6 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
 
 async def read_head(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition until it holds or the (generous) deadline passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def test_101_carries_the_policy_and_frames_pass_byte_for_byte(proxy: Proxy, upstream: Upstream) -> None:
@@ -192,7 +181,7 @@ async def test_shutdown_closes_open_websockets_after_the_grace(
         await asyncio.wait_for(proxy.service.stop(), 5)
         message = await ws.receive(5)
         assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR)
-    assert await eventually(lambda: not upstream.runner.server.connections)  # type: ignore[union-attr]
+    assert await eventually(lambda: not open_connections(upstream.runner))
 
 
 async def test_client_vanishing_releases_the_upstream_connection(proxy: Proxy, upstream: Upstream) -> None:
@@ -201,10 +190,10 @@ async def test_client_vanishing_releases_the_upstream_connection(proxy: Proxy, u
     await read_head(reader)
     writer.write(client_frame(0x1, b"x"))
     await asyncio.wait_for(reader.readexactly(3), 5)
-    assert len(upstream.runner.server.connections) == 1  # type: ignore[union-attr]
+    assert open_connections(upstream.runner) == 1
     writer.transport.abort()  # no close frame, no FIN handshake: just gone
-    assert await eventually(lambda: not upstream.runner.server.connections)  # type: ignore[union-attr]
-    assert await eventually(lambda: not proxy.service._runners[0].server.connections)  # type: ignore[union-attr]
+    assert await eventually(lambda: not open_connections(upstream.runner))
+    assert await eventually(lambda: not open_connections(proxy.service._runners[0]))
 
 
 async def test_upstream_closing_ends_the_client_connection(proxy: Proxy, client: aiohttp.ClientSession) -> None:
