@@ -13,6 +13,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .logs import configure
 from .server import ProxyService, run_until_stopped
+from .workers import run_workers, worker_count
 
 
 def load_or_report(directory: Path) -> Config | None:
@@ -53,8 +54,8 @@ def event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     return uvloop.Loop  # type: ignore[no-any-return]
 
 
-async def serve(config: Config) -> None:
-    service = ProxyService(config)
+async def serve(config: Config, reuse_port: bool = False) -> None:
+    service = ProxyService(config, reuse_port=reuse_port)
     stop = asyncio.Event()
     install_signal_handlers(asyncio.get_running_loop(), stop, service)
     await run_until_stopped(service, stop)
@@ -85,5 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print_check(config)
         return 0
     configure(config.proxy.log_format)
+    workers = worker_count(config.proxy.workers)
+    if workers > 1:
+        return run_workers(config, workers, lambda worker_config: run(serve(worker_config, reuse_port=True)))
     run(serve(config))
     return 0

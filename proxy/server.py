@@ -19,8 +19,9 @@ log = logging.getLogger("crm_proxy")
 class ProxyService:
     """The running proxy: listeners, the current configuration snapshot, the upstream pool."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # several worker processes share the listeners (see workers.py)
         self._snapshot: Snapshot | None = None
         self._transport: AiohttpTransport | None = None
         self._runners: list[web.BaseRunner] = []
@@ -52,7 +53,9 @@ class ProxyService:
         await runner.setup()
         self._runners.append(runner)
         for address in addresses:
-            site = web.TCPSite(runner, address.host, address.port, reuse_address=True, backlog=1024)
+            site = web.TCPSite(
+                runner, address.host, address.port, reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024
+            )
             await site.start()
             log.info("listening on %s", site.name)
 
