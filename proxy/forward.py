@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -21,7 +21,7 @@ from .policy import ResponseContext
 from .protocol import ProxyRequest, own_response
 from .routing import Router, Target, parse_target
 from .upstream import OutboundRequest, Transport, UpstreamError
-from .websocket import UPGRADE_HEADERS, asks_upgrade, is_upgrade, origin_allowed, tunnel
+from .websocket import UPGRADE_HEADERS, Tunnels, asks_upgrade, is_upgrade, origin_allowed, tunnel
 
 log = logging.getLogger("crm_proxy")
 
@@ -47,10 +47,17 @@ class Snapshot:
     router: Router
     trusted: tuple[Network, ...]
     transport: Transport  # shared by every snapshot, so reloads keep the upstream pool warm
+    tunnels: Tunnels = field(default_factory=Tunnels)  # shared too: open WebSockets outlive a reload
 
     @classmethod
-    def of(cls, config: Config, transport: Transport) -> Snapshot:
-        return cls(config, Router(config.sites), config.proxy.trusted_proxies, transport)
+    def of(cls, config: Config, transport: Transport, tunnels: Tunnels | None = None) -> Snapshot:
+        return cls(
+            config,
+            Router(config.sites),
+            config.proxy.trusted_proxies,
+            transport,
+            Tunnels() if tunnels is None else tunnels,
+        )
 
     def is_trusted(self, remote: str | None) -> bool:
         if not self.trusted or not remote:
@@ -164,7 +171,7 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
                 response.content_length = int(length)
             if answer.status == 101:
                 if upgrade:
-                    return await tunnel(request, response, answer)
+                    return await tunnel(request, response, answer, snapshot.tunnels)
                 return own_response(502, "The upstream server switched protocols without being asked to.")
             if asks_upgrade(request):
                 response.force_close()  # the parser stopped at the upgrade: this connection cannot go on

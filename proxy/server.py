@@ -12,6 +12,7 @@ from .config import Address, Config, ConfigError, load_config
 from .forward import Snapshot, handle
 from .protocol import ProxyServer
 from .upstream import AiohttpTransport
+from .websocket import Tunnels
 
 log = logging.getLogger("crm_proxy")
 
@@ -25,6 +26,7 @@ class ProxyService:
         self._snapshot: Snapshot | None = None
         self._transport: AiohttpTransport | None = None
         self._runners: list[web.BaseRunner] = []
+        self._tunnels = Tunnels()  # open WebSockets, across reloads
 
     @property
     def snapshot(self) -> Snapshot:
@@ -64,7 +66,7 @@ class ProxyService:
         self._transport = AiohttpTransport(
             connect_timeout=timeouts.upstream_connect, read_timeout=timeouts.upstream_read
         )
-        self._snapshot = Snapshot.of(self.config, self._transport)
+        self._snapshot = Snapshot.of(self.config, self._transport, self._tunnels)
         for warning in self.config.warnings:
             log.warning("%s", warning)
         await self._listen(self._proxy_server(), self.config.proxy.listen.plain)
@@ -83,14 +85,22 @@ class ProxyService:
             return False
         assert self._transport is not None
         self.config = config
-        self._snapshot = Snapshot.of(config, self._transport)
+        self._snapshot = Snapshot.of(config, self._transport, self._tunnels)
         log.info("configuration reloaded from %s", config.directory)
         return True
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams."""
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams.
+
+        Open WebSockets never finish by themselves: after the grace they get close code 1001.
+        """
+        grace = self.config.proxy.timeouts.shutdown_grace
+        farewell = asyncio.get_running_loop().call_later(grace, self._tunnels.going_away)
+        try:
+            for runner in reversed(self._runners):
+                await runner.cleanup()
+        finally:
+            farewell.cancel()
         self._runners.clear()
         if self._transport is not None:
             await self._transport.close()

@@ -539,6 +539,7 @@ async def die_midway(request: web.Request) -> web.StreamResponse:
 
 
 WS_PROTOCOLS = ("crm.v2", "crm.v1")  # what /ws/echo offers, in its order of preference
+WS_CLOSED = web.AppKey("ws_closed", list)  # close code of each /ws/echo session once it ended (None: no frame)
 
 
 async def ws_echo(request: web.Request) -> web.StreamResponse:
@@ -558,6 +559,7 @@ async def ws_echo(request: web.Request) -> web.StreamResponse:
             await ws.send_str(message.data)
         elif message.type == web.WSMsgType.BINARY:
             await ws.send_bytes(message.data)
+    request.app[WS_CLOSED].append(ws.close_code)
     return ws
 
 
@@ -587,6 +589,7 @@ def make_app(*, name: str = "crm") -> web.Application:
     """Build the stand-in; ``name`` is the CRM install name (paths /<name>/ and /sdata/<name>j/)."""
     app = web.Application(middlewares=[_record])
     app[RECORDED] = []
+    app[WS_CLOSED] = []
     app[_STORE] = {"company": {"43": {"Name": "Gatecom", "Website": "http://gatecom.example"}}}
     app[_NAME] = name
     app.on_response_prepare.append(_banners)

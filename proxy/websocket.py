@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import struct
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +34,8 @@ from .upstream import CHUNK, InboundResponse, RawFeed, Tunnel, read_raw
 UPGRADE_HEADERS = (("Connection", "Upgrade"), ("Upgrade", "websocket"))
 #: How long one direction may go on after the other has ended (a close reply on its way).
 LINGER = 5.0
+#: The close frame each side gets when the proxy ends a tunnel itself (shutdown, or the other side vanished).
+GOING_AWAY = struct.pack("!H", 1001) + b"proxy closing the connection"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -78,6 +82,59 @@ def origin_allowed(allowed: tuple[str, ...], headers: CIMultiDictProxy[str]) -> 
     return origin is not None and origin in {normal_origin(a) for a in allowed}
 
 
+class FrameCursor:
+    """Follows frame boundaries in one direction of a tunnel, reading headers only, never payloads.
+
+    It lets the proxy add a close frame of its own without cutting a frame in two. A stream that
+    is not well-formed WebSocket merely never looks like it is at a boundary.
+    """
+
+    __slots__ = ("_head", "_left")
+
+    def __init__(self) -> None:
+        self._head = bytearray()  # a frame header still arriving
+        self._left = 0  # payload bytes of the current frame still to pass
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self._head and self._left == 0
+
+    def _header_length(self) -> int | None:
+        if len(self._head) < 2:
+            return None
+        size = self._head[1] & 0x7F
+        return 2 + (2 if size == 126 else 8 if size == 127 else 0) + (4 if self._head[1] & 0x80 else 0)
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self._left:
+                step = min(self._left, n - i)
+                self._left -= step
+                i += step
+                continue
+            self._head.append(data[i])
+            i += 1
+            needed = self._header_length()
+            if needed is None or len(self._head) < needed:
+                continue
+            size = self._head[1] & 0x7F
+            if size == 126:
+                size = struct.unpack_from("!H", self._head, 2)[0]
+            elif size == 127:
+                size = struct.unpack_from("!Q", self._head, 2)[0]
+            self._head.clear()
+            self._left = size
+
+
+def close_frame(payload: bytes, *, masked: bool) -> bytes:
+    """A final close frame; frames towards a server must be masked (RFC 6455 §5.3)."""
+    if not masked:
+        return bytes([0x88, len(payload)]) + payload
+    key = os.urandom(4)
+    return bytes([0x88, 0x80 | len(payload)]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
 class _ClientSide:
     """The client's connection after our 101: raw bytes in through the protocol, out through the response."""
 
@@ -103,17 +160,43 @@ class _ClientSide:
             transport.close()
 
 
-async def _pump(source: Tunnel | _ClientSide, sink: Tunnel | _ClientSide) -> None:
+async def _pump(source: Tunnel | _ClientSide, sink: Tunnel | _ClientSide, cursor: FrameCursor) -> None:
     """Copy until the source ends or the sink is gone; then pass the end on as a half-close."""
     try:
         while data := await source.read():
+            cursor.feed(data)
             await sink.write(data)
     except (ConnectionError, aiohttp.ClientConnectionError):
         return
     sink.write_eof()
 
 
-async def tunnel(request: ProxyRequest, response: web.StreamResponse, answer: InboundResponse) -> web.StreamResponse:
+class Tunnels:
+    """The open tunnels of one running service: untouched by reloads, told to go away at shutdown."""
+
+    def __init__(self) -> None:
+        self._farewells: set[asyncio.Event] = set()
+
+    def __len__(self) -> int:
+        return len(self._farewells)
+
+    def open(self) -> asyncio.Event:
+        farewell = asyncio.Event()
+        self._farewells.add(farewell)
+        return farewell
+
+    def closed(self, farewell: asyncio.Event) -> None:
+        self._farewells.discard(farewell)
+
+    def going_away(self) -> None:
+        """Every open tunnel sends close code 1001 both ways and ends (ProxyService.stop, after the grace)."""
+        for farewell in self._farewells:
+            farewell.set()
+
+
+async def tunnel(
+    request: ProxyRequest, response: web.StreamResponse, answer: InboundResponse, tunnels: Tunnels
+) -> web.StreamResponse:
     """Send upstream's 101 (through the policy hook), then relay bytes until either side is done."""
     response.headers["Connection"] = "Upgrade"
     response.headers["Upgrade"] = answer.headers.get("Upgrade", "websocket")
@@ -121,17 +204,44 @@ async def tunnel(request: ProxyRequest, response: web.StreamResponse, answer: In
     upstream = answer.tunnel()
     await response.prepare(request)
     client = _ClientSide(request, response)
-    down = asyncio.ensure_future(_pump(upstream, client))
-    up = asyncio.ensure_future(_pump(client, upstream))
+    ends = _Ends(client, upstream)
+    down = asyncio.ensure_future(_pump(upstream, client, ends.to_client))
+    up = asyncio.ensure_future(_pump(client, upstream, ends.to_upstream))
+    farewell = tunnels.open()
+    told = asyncio.ensure_future(farewell.wait())
     try:
-        await asyncio.wait((down, up), return_when=asyncio.FIRST_COMPLETED)
-        if not down.done():  # the client finished first: give upstream's close reply time to come back
-            await asyncio.wait((down,), timeout=LINGER)
+        await asyncio.wait((down, up, told), return_when=asyncio.FIRST_COMPLETED)
+        if not down.done() and not told.done():  # the client finished first: upstream's close reply may follow
+            await asyncio.wait((down, told), timeout=LINGER, return_when=asyncio.FIRST_COMPLETED)
+        if told.done():
+            await ends.going_away(down, up)
+    except asyncio.CancelledError:  # the client vanished: upstream still hears 1001, not a bare reset
+        await ends.going_away(down, up)
+        raise
     finally:
-        for task in (down, up):
+        tunnels.closed(farewell)
+        for task in (down, up, told):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(down, up, return_exceptions=True)
+            await asyncio.gather(down, up, told, return_exceptions=True)
         upstream.close()
         client.close()
     return response
+
+
+class _Ends:
+    """Both sides of one tunnel, with where each direction's frames begin and end."""
+
+    def __init__(self, client: _ClientSide, upstream: Tunnel) -> None:
+        self.client, self.upstream = client, upstream
+        self.to_client, self.to_upstream = FrameCursor(), FrameCursor()
+
+    async def going_away(self, down: asyncio.Future[None], up: asyncio.Future[None]) -> None:
+        """Stop relaying; end each side with close code 1001 where a frame boundary allows it."""
+        for task in (down, up):
+            task.cancel()
+        await asyncio.gather(down, up, return_exceptions=True)
+        for side, cursor, masked in ((self.client, self.to_client, False), (self.upstream, self.to_upstream, True)):
+            if cursor.at_boundary:
+                with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionError, TimeoutError, RuntimeError):
+                    await asyncio.wait_for(side.write(close_frame(GOING_AWAY, masked=masked)), 1)

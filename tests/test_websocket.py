@@ -6,12 +6,17 @@ import asyncio
 import base64
 import hashlib
 import os
+import ssl
 import struct
+from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
+from aiohttp import web
 
-from proxy.standin import pattern_bytes
+from proxy.standin import WS_CLOSED, make_app, pattern_bytes
+from proxy.websocket import FrameCursor, close_frame, normal_origin
 from tests.conftest import PUBLIC_HOST, Proxy, StartProxy, Upstream, parse_raw, raw_request, site_toml
 from tests.test_streams import eventually, open_connections
 
@@ -178,9 +183,17 @@ async def test_shutdown_closes_open_websockets_after_the_grace(
     async with client.ws_connect(f"{proxy.url}/ws/echo") as ws:
         await ws.send_str("hi")
         assert (await ws.receive(5)).data == "hi"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         await asyncio.wait_for(proxy.service.stop(), 5)
+        assert loop.time() - started >= 0.3  # the grace was given (a lower bound only: no timing upper bound)
         message = await ws.receive(5)
-        assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR)
+        assert (message.type, message.data, message.extra) == (
+            aiohttp.WSMsgType.CLOSE,
+            1001,
+            "proxy closing the connection",
+        )
+    assert await eventually(lambda: upstream.runner.app[WS_CLOSED] == [1001])  # upstream heard it too
     assert await eventually(lambda: not open_connections(upstream.runner))
 
 
@@ -192,6 +205,7 @@ async def test_client_vanishing_releases_the_upstream_connection(proxy: Proxy, u
     await asyncio.wait_for(reader.readexactly(3), 5)
     assert open_connections(upstream.runner) == 1
     writer.transport.abort()  # no close frame, no FIN handshake: just gone
+    assert await eventually(lambda: upstream.runner.app[WS_CLOSED] == [1001])  # the proxy said "going away"
     assert await eventually(lambda: not open_connections(upstream.runner))
     assert await eventually(lambda: not open_connections(proxy.service._runners[0]))
 
@@ -202,3 +216,68 @@ async def test_upstream_closing_ends_the_client_connection(proxy: Proxy, client:
         message = await ws.receive(5)
         assert (message.type, message.data, message.extra) == (aiohttp.WSMsgType.CLOSE, 1001, "going away")
     assert ws.closed
+
+
+async def test_wss_through_tls_on_both_hops(start_proxy: StartProxy, tmp_path: Path) -> None:
+    """TLS to the client (a trustme-wrapped listener of the proxy's own server) and to the upstream."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", PUBLIC_HOST)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    standin = web.AppRunner(make_app(), handler_cancellation=True)
+    await standin.setup()
+    await web.TCPSite(standin, "127.0.0.1", 0, ssl_context=server_ctx).start()
+    port = standin.addresses[0][1]
+    site = f'hosts = ["{PUBLIC_HOST}", "127.0.0.1"]\nupstream = "https://127.0.0.1:{port}"\n'
+    site += f'[upstream_tls]\nca = "{tmp_path / "ca.pem"}"\n'
+    proxy = await start_proxy({"crm": site})
+    listener = web.ServerRunner(proxy.service._proxy_server())
+    await listener.setup()
+    await web.TCPSite(listener, "127.0.0.1", 0, ssl_context=server_ctx).start()
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    big = pattern_bytes(3, 1024 * 1024)
+    try:
+        async with (
+            aiohttp.ClientSession(headers={"Host": PUBLIC_HOST}) as client,
+            client.ws_connect(
+                f"wss://127.0.0.1:{listener.addresses[0][1]}/ws/echo", ssl=client_ctx, protocols=("crm.v2",)
+            ) as ws,
+        ):
+            assert ws.protocol == "crm.v2"
+            await ws.send_bytes(big)
+            assert (await ws.receive(10)).data == big
+            await ws.send_str("close:4000:over TLS")
+            message = await ws.receive(5)
+            assert (message.type, message.data, message.extra) == (aiohttp.WSMsgType.CLOSE, 4000, "over TLS")
+        assert await eventually(lambda: not open_connections(standin))
+    finally:
+        await listener.cleanup()
+        await standin.cleanup()
+
+
+def test_frame_cursor_finds_boundaries_however_the_bytes_are_split() -> None:
+    frames = [
+        client_frame(0x1, b"short"),
+        client_frame(0x2, b"m" * 300),  # 16-bit length
+        client_frame(0x2, b"L" * 70000),  # 64-bit length
+        b"\x81\x03abc",  # unmasked, as a server sends
+        close_frame(b"\x03\xe8", masked=True),
+    ]
+    stream = b"".join(frames)
+    ends = {sum(len(f) for f in frames[: i + 1]) for i in range(len(frames))}
+    for step in (1, 2, 3, 7, 4096):
+        cursor, passed = FrameCursor(), 0
+        for offset in range(0, len(stream), step):
+            piece = stream[offset : offset + step]
+            cursor.feed(piece)
+            passed += len(piece)
+            assert cursor.at_boundary == (passed in ends), (step, passed)
+
+
+def test_normal_origin() -> None:
+    assert normal_origin("HTTPS://CRM.Example.com:443") == "https://crm.example.com"
+    assert normal_origin("http://localhost:8080/") == "http://localhost:8080"
+    for bad in ("null", "", "file://x", "https://crm.example.com/path", "crm.example.com"):
+        assert normal_origin(bad) is None, bad
