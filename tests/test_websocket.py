@@ -281,3 +281,46 @@ def test_normal_origin() -> None:
     assert normal_origin("http://localhost:8080/") == "http://localhost:8080"
     for bad in ("null", "", "file://x", "https://crm.example.com/path", "crm.example.com"):
         assert normal_origin(bad) is None, bad
+
+
+async def test_idle_websocket_outlives_upstream_read(upstream: Upstream, start_proxy: StartProxy) -> None:
+    """upstream_read bounds silence inside an HTTP response; an idle WebSocket is not one."""
+    toml = "[listen]\nhttps = []\nhttp = []\nplain = ['127.0.0.1:0']\n[timeouts]\nupstream_read = 0.3\n"
+    proxy = await start_proxy({"crm": site_toml(upstream)}, toml)
+    async with (
+        aiohttp.ClientSession(headers={"Host": PUBLIC_HOST}) as client,
+        client.ws_connect(f"{proxy.url}/ws/echo", autoping=False, heartbeat=None) as ws,
+    ):
+        await ws.send_str("hello")  # data from upstream would (re)start a sock_read timer
+        assert (await ws.receive(5)).data == "hello"
+        await asyncio.sleep(1.0)
+        await ws.send_str("still here")
+        assert (await ws.receive(5)).data == "still here"
+
+
+async def test_websocket_client_not_reading_stops_the_echo(proxy: Proxy, upstream: Upstream) -> None:
+    """Flow control through the tunnel: a client that sends but never reads is eventually not read either."""
+    frame = client_frame(0x2, pattern_bytes(0, 1024 * 1024))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(handshake())
+        await read_head(reader)
+        sent = 0
+        while sent < 256:
+            writer.write(frame)
+            sent += 1
+            try:
+                await asyncio.wait_for(writer.drain(), 0.5)
+            except TimeoutError:
+                break  # every buffer on the way round is full: nothing grows without bound
+        assert sent < 160, sent  # MiB: kernel socket buffers of four hops, the proxy's are 2 x 128 KiB
+        echoed = 0
+        reply_head = b"\x82\x7f" + (1024 * 1024).to_bytes(8, "big")
+        while echoed < sent:  # reading again lets everything through, in order
+            assert await asyncio.wait_for(reader.readexactly(10), 5) == reply_head
+            assert await asyncio.wait_for(reader.readexactly(1024 * 1024), 5) == pattern_bytes(0, 1024 * 1024)
+            echoed += 1
+            if writer.transport.get_write_buffer_size():
+                await asyncio.wait_for(writer.drain(), 5)
+    finally:
+        writer.close()
