@@ -109,8 +109,18 @@ async def gauge() -> AsyncIterator[tuple[int, dict[str, object]]]:
             state["received"] = int(state["received"]) + len(chunk)  # type: ignore[call-overload]
         return web.json_response({"length": state["received"], "sha256": digest.hexdigest()})
 
+    async def chunked_then_die(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"first part of a report\n")
+        assert request.transport is not None
+        request.transport.close()  # dies before the last chunk
+        return response
+
     app = web.Application()
     app.router.add_get("/download", download)
+    app.router.add_get("/chunked-then-die", chunked_then_die)
     app.router.add_put("/held", held_upload)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -245,3 +255,33 @@ async def test_curl_large_upload_with_expect_100_continue(proxy: Proxy, tmp_path
     assert curl.returncode == 0, err.decode()
     assert "< HTTP/1.1 100 Continue" in err.decode()
     assert json.loads(out) == {"body_length": total, "body_sha256": pattern_sha256(total)}
+
+
+async def test_upstream_dying_mid_chunked_body_is_not_a_clean_end(
+    gauge: tuple[int, dict[str, object]], start_proxy: StartProxy
+) -> None:
+    port, _ = gauge
+    proxy = await start_proxy(gauge_site(port))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(f"GET /chunked-then-die HTTP/1.1\r\nHost: {PUBLIC_HOST}\r\n\r\n".encode())
+        raw = await asyncio.wait_for(reader.read(-1), 5)  # read until the proxy closes the connection
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body.startswith(b"17\r\nfirst part of a report\n\r\n")
+    assert not body.endswith(b"0\r\n\r\n")  # no last-chunk: the client knows the body was cut short
+
+
+async def test_client_abandoning_an_upload_releases_the_upstream(proxy: Proxy, upstream: Upstream) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(f"PUT /upload HTTP/1.1\r\nHost: {PUBLIC_HOST}\r\nContent-Length: {512 * MIB}\r\n\r\n".encode())
+    for offset in range(0, 4 * MIB, CHUNK):
+        writer.write(pattern_bytes(offset, CHUNK))
+        await writer.drain()
+    assert await eventually(lambda: open_connections(upstream.runner) == 1)
+    writer.transport.abort()
+    assert await eventually(lambda: not open_connections(upstream.runner))
+    assert await eventually(lambda: not open_connections(proxy.service._runners[0]))
+    assert not [r for r in upstream.recorded if r.raw_path == "/upload"]  # the stand-in never saw a whole body
