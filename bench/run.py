@@ -3,9 +3,11 @@
 Runs everything it needs as child processes, stops them all by itself, and prints tables:
 
 1. Large transfers (default 512 MiB) with curl: a download of a static file served by an origin
-   nginx, an upload with Content-Length (curl sends `Expect: 100-continue`) and a chunked upload
-   into the Sage CRM stand-in, which hashes what it receives. Each goes direct, through crm-proxy and
-   through nginx; crm-proxy's resident memory (VmRSS) is sampled every 20 ms while it runs.
+   nginx, a chunked download from the Sage CRM stand-in, an upload with Content-Length (curl sends
+   `Expect: 100-continue`) and a chunked upload into the stand-in, which hashes what it receives.
+   Each goes direct, through crm-proxy and through nginx; crm-proxy's resident memory (VmRSS) is
+   sampled every 20 ms while it runs.
+   Then a WebSocket echo (the stand-in's /ws/echo): small-message round trips, 1 MiB frames.
 2. Small requests with wrk: a 1 KiB static page, direct, through nginx and through crm-proxy with
    1 and 2 workers, with asyncio's loop and (if importable) uvloop. Ratios are crm-proxy / nginx
    with the same number of worker processes.
@@ -146,6 +148,13 @@ server {{
     add_header X-Content-Type-Options nosniff always;
     add_header X-XSS-Protection "1; mode=block" always;
     location /upload {{ proxy_pass http://standin; }}
+    location /large {{ proxy_pass http://standin; }}
+    location /ws/ {{
+        proxy_pass http://standin;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection "upgrade";
+        proxy_read_timeout 300s;
+    }}
     location / {{ proxy_pass http://origin; }}
 }}
 """
@@ -181,7 +190,8 @@ def write_proxy_config(directory: Path, port: int, origin: int, standin: int, wo
         f'hosts = ["{HOST}", "127.0.0.1"]\nupstream = "http://127.0.0.1:{origin}"\n'
     )
     (directory / "sites" / "upload.toml").write_text(
-        f'hosts = ["{HOST}", "127.0.0.1"]\nupstream = "http://127.0.0.1:{standin}"\npaths = ["/upload"]\n'
+        f'hosts = ["{HOST}", "127.0.0.1"]\nupstream = "http://127.0.0.1:{standin}"\n'
+        'paths = ["/upload", "/large", "/ws/"]\n'
     )
     return directory
 
@@ -267,7 +277,8 @@ def transfers(procs: Processes, work: Path, ports: dict[str, int], size: int, pa
         "nginx": (ports["nginx1"], ports["nginx1"]),
     }
     runs = {
-        "download": lambda down, up: ["-o", "/dev/null", f"http://127.0.0.1:{down}/payload.bin"],
+        "download, Content-Length": lambda down, up: ["-o", "/dev/null", f"http://127.0.0.1:{down}/payload.bin"],
+        "download, chunked": lambda down, up: ["-o", "/dev/null", f"http://127.0.0.1:{up}/large?bytes={size}&chunked=1"],
         "upload, Content-Length": lambda down, up: ["-T", str(payload), f"http://127.0.0.1:{up}/upload"],
         "upload, chunked": lambda down, up: [
             "-T", str(payload), "-H", "Transfer-Encoding: chunked", f"http://127.0.0.1:{up}/upload"
@@ -280,7 +291,7 @@ def transfers(procs: Processes, work: Path, ports: dict[str, int], size: int, pa
             sampler = RssSampler(proxy.child.pid)
             with sampler if via == "crm-proxy" else contextlib.nullcontext():
                 result = curl(argv(down, up), 300)
-            if kind == "download":
+            if kind.startswith("download"):
                 moved = int(result["down"])
             else:  # curl counts chunk framing as uploaded bytes; the stand-in counts the body
                 moved = json.loads(str(result["body"]) or "{}").get("body_length", -1)
@@ -289,12 +300,60 @@ def transfers(procs: Processes, work: Path, ports: dict[str, int], size: int, pa
             base = f"{sampler.baseline / MIB:.0f}" if via == "crm-proxy" else ""
             t = float(result["time"])
             rows.append([kind, via, f"{size / MIB / t:.0f}", f"{t:.2f}", base, growth, "ok" if ok else "FAILED"])
+    ws_rows = [
+        [via, *websocket_figures(up, proxy.child.pid if via == "crm-proxy" else None)]
+        for via, (_, up) in targets.items()
+    ]
     procs.stop(proxy.child)
+    table(
+        "WebSocket echo through the stand-in's /ws/echo (aiohttp client)",
+        ["via", "round trip p50 ms", "p99 ms", "1 MiB frames MiB/s", "proxy RSS growth MiB", "bytes"],
+        ws_rows,
+    )
     table(
         f"{size // MIB} MiB transfers (curl, loopback)",
         ["transfer", "via", "MiB/s", "seconds", "proxy RSS MiB", "RSS growth MiB", "bytes"],
         rows,
     )
+
+
+def websocket_figures(port: int, pid: int | None, rounds: int = 2000, frames: int = 256) -> list[str]:
+    """Small-message round trips one at a time, then 1 MiB binary frames echoed 8 in flight."""
+    import asyncio
+
+    import aiohttp
+
+    sys.path.insert(0, str(ROOT))
+    from proxy.standin import pattern_bytes
+
+    big = pattern_bytes(0, MIB)
+
+    async def measure() -> tuple[list[float], float, bool]:
+        async with (
+            aiohttp.ClientSession(headers={"Host": HOST}) as session,
+            session.ws_connect(f"http://127.0.0.1:{port}/ws/echo", max_msg_size=0, compress=0) as ws,
+        ):
+            times = []
+            for i in range(rounds):
+                start = time.perf_counter()
+                await ws.send_str(f"ping {i}")
+                await ws.receive_str()
+                times.append((time.perf_counter() - start) * 1000)
+            ok, start = True, time.perf_counter()
+            for i in range(frames):
+                await ws.send_bytes(big)
+                if i >= 8:
+                    ok &= await ws.receive_bytes() == big
+            for _ in range(min(8, frames)):
+                ok &= await ws.receive_bytes() == big
+            return sorted(times), frames / (time.perf_counter() - start), ok
+
+    sampler = RssSampler(pid) if pid else None
+    with sampler or contextlib.nullcontext():
+        times, rate, ok = asyncio.run(measure())
+    growth = f"{(sampler.peak - sampler.baseline) / MIB:.1f}" if sampler else ""
+    p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
+    return [f"{p50:.3f}", f"{p99:.3f}", f"{rate:.0f}", growth, "ok" if ok else "FAILED"]
 
 
 def small_requests(
