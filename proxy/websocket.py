@@ -11,8 +11,10 @@ socket past 2 x 64 KiB) and writes through a writer that waits while the other s
 reading, so a stalled peer stops the proxy reading from the other one.
 
 A tunnel lives in its request handler: a client that goes away cancels it (handler_cancellation),
-which closes the upstream connection; a configuration reload swaps snapshots and does not touch it;
-shutdown waits `shutdown_grace` for it, then cancels it like any request still in flight.
+which tells upstream 1001 and closes that connection; a configuration reload swaps snapshots and
+does not touch it; at shutdown it gets `shutdown_grace` like any request, then `Tunnels.going_away`
+(from `ProxyService.stop`) ends it with close code 1001 both ways. Close frames of the proxy's own
+are only sent at a frame boundary, which `FrameCursor` follows from the frame headers alone.
 """
 
 from __future__ import annotations
