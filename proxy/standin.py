@@ -543,13 +543,15 @@ WS_CLOSED = web.AppKey("ws_closed", list)  # close code of each /ws/echo session
 
 
 async def ws_echo(request: web.Request) -> web.StreamResponse:
-    """/ws/echo: echo text and binary; 'close:CODE:REASON' closes with that code and reason.
+    """/ws/echo[?greet=TEXT]: echo text and binary; 'close:CODE:REASON' closes with that code and reason.
 
     Negotiates a subprotocol from WS_PROTOCOLS and permessage-deflate when offered, and answers
     pings (aiohttp's autoping): enough to see every part of a WebSocket cross the proxy.
     """
     ws = web.WebSocketResponse(protocols=WS_PROTOCOLS, max_msg_size=0)
     await ws.prepare(request)
+    if "greet" in request.query:  # /ws/echo?greet=TEXT speaks first, right behind the 101
+        await ws.send_str(request.query["greet"])
     async for message in ws:
         if message.type == web.WSMsgType.TEXT:
             if message.data.startswith("close:"):

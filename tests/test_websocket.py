@@ -323,3 +323,16 @@ async def test_websocket_client_not_reading_stops_the_echo(proxy: Proxy, upstrea
             echoed += 1
     finally:
         writer.close()
+
+
+async def test_upstream_speaking_first_right_behind_the_101(proxy: Proxy) -> None:
+    """Bytes that arrive in the same read as upstream's 101 belong to the tunnel, not to HTTP."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(handshake("/ws/echo?greet=welcome"))
+        assert (await read_head(reader)).startswith(b"HTTP/1.1 101 ")
+        assert await asyncio.wait_for(reader.readexactly(9), 5) == b"\x81\x07welcome"
+        writer.write(client_frame(0x1, b"and you"))
+        assert await asyncio.wait_for(reader.readexactly(9), 5) == b"\x81\x07and you"
+    finally:
+        writer.close()
