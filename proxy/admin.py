@@ -205,6 +205,8 @@ async def reload(request: web.Request) -> web.Response:
         logger.removeHandler(collect)
     if not result:
         return web.json_response({"reloaded": False, "errors": collect.messages}, status=409)
+    if service.reload_peers is not None:
+        service.reload_peers()  # with several workers, the others reload too
     sites = [site.name for site in service.config.sites]
     return web.json_response({"reloaded": True, "config": str(service.config.directory), "sites": sites})
 

@@ -15,6 +15,7 @@ from .config import Config, ConfigError, load_config
 from .lab import LabError, LabOptions, default_state_dir, run_lab
 from .logs import configure
 from .server import ProxyService, run_until_stopped
+from .workers import reload_all_workers, run_workers, worker_count
 
 log = logging.getLogger("crm_proxy")
 
@@ -67,8 +68,10 @@ def event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     return uvloop.Loop  # type: ignore[no-any-return]
 
 
-async def serve(config: Config) -> None:
-    service = ProxyService(config)
+async def serve(config: Config, reuse_port: bool = False) -> None:
+    service = ProxyService(config, reuse_port=reuse_port)
+    if reuse_port and config.proxy.admin_listen is not None:
+        service.reload_peers = reload_all_workers
     stop = asyncio.Event()
     install_signal_handlers(asyncio.get_running_loop(), stop, service)
     await run_until_stopped(service, stop)
@@ -127,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         print_check(config)
         return 0
     configure(config.proxy.log_format)
+    workers = worker_count(config.proxy.workers)
     try:
+        if workers > 1:
+            return run_workers(config, workers, lambda worker_config: run(serve(worker_config, reuse_port=True)))
         run(serve(config))
     except OSError as exc:  # typically a port in use or a privileged port
         print(f"crm-proxy: cannot listen: {exc.strerror or exc}", file=sys.stderr)

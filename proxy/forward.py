@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -24,6 +24,7 @@ from .policy import ResponseContext
 from .protocol import ProxyRequest, own_response
 from .routing import Router, Target, parse_target
 from .upstream import OutboundRequest, Transport, UpstreamError
+from .websocket import UPGRADE_HEADERS, Tunnels, asks_upgrade, is_upgrade, origin_allowed, tunnel
 
 log = logging.getLogger("crm_proxy")
 
@@ -49,10 +50,17 @@ class Snapshot:
     router: Router
     trusted: tuple[Network, ...]
     transport: Transport  # shared by every snapshot, so reloads keep the upstream pool warm
+    tunnels: Tunnels = field(default_factory=Tunnels)  # shared too: open WebSockets outlive a reload
 
     @classmethod
-    def of(cls, config: Config, transport: Transport) -> Snapshot:
-        return cls(config, Router(config.sites), config.proxy.trusted_proxies, transport)
+    def of(cls, config: Config, transport: Transport, tunnels: Tunnels | None = None) -> Snapshot:
+        return cls(
+            config,
+            Router(config.sites),
+            config.proxy.trusted_proxies,
+            transport,
+            Tunnels() if tunnels is None else tunnels,
+        )
 
     def is_trusted(self, remote: str | None) -> bool:
         if not self.trusted or not remote:
@@ -185,16 +193,22 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
         public_origin=f"{scheme}://{target.authority}" if target.authority else None,
         upstream_hosts=frozenset((site.upstream_host, target.host)),
     )
+    upgrade = is_upgrade(request)
+    if upgrade and not origin_allowed(site.websocket_origins, request.headers):
+        return refuse(request, 403, "This site does not accept WebSocket connections from this page's origin.")
     limit = snapshot.config.proxy.limits.max_body_bytes
     if limit and (request.content_length or 0) > limit:
         return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
     if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     body = body_of(request, limit, snapshot.config.proxy.timeouts.client_body)
+    headers = upstream_headers(request, site, target, trusted, scheme)
+    if upgrade:
+        headers.extend(UPGRADE_HEADERS)
     outbound = OutboundRequest(
         method=request.method,
         url=URL(site.upstream_origin + target.path_qs, encoded=True),
-        headers=upstream_headers(request, site, target, trusted, scheme),
+        headers=headers,
         body=body,  # type: ignore[arg-type]
         ssl=site.upstream_ssl,
         server_hostname=site.upstream_tls.server_name or None,
@@ -206,6 +220,12 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
             length = answer.headers.get("Content-Length")
             if length is not None and length.isdigit() and "Transfer-Encoding" not in answer.headers:
                 response.content_length = int(length)
+            if answer.status == 101:
+                if upgrade:
+                    return await tunnel(request, response, answer, snapshot.tunnels)
+                return own_response(502, "The upstream server switched protocols without being asked to.")
+            if asks_upgrade(request):
+                response.force_close()  # the parser stopped at the upgrade: this connection cannot go on
             await response.prepare(request)
             try:
                 async for chunk in answer.chunks():

@@ -28,6 +28,7 @@ from .redirect import handle_redirect
 from .routing import parse_target
 from .tls import Certificates, listener_context
 from .upstream import AiohttpTransport
+from .websocket import Tunnels
 
 log = logging.getLogger("crm_proxy")
 
@@ -35,8 +36,11 @@ log = logging.getLogger("crm_proxy")
 class ProxyService:
     """The running proxy: listeners, the current configuration snapshot, the upstream pool."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # several worker processes share the listeners (see workers.py)
+        #: Set in the worker that runs the admin listener, so `POST /reload` reaches every worker.
+        self.reload_peers: Callable[[], None] | None = None
         self._snapshot: Snapshot | None = None
         self._transport: ObservedTransport | None = None
         self._runners: list[web.BaseRunner] = []
@@ -46,6 +50,7 @@ class ProxyService:
         self.admin: AdminListener | None = None
         self.draining = False  # set when stop() begins, so /readyz turns 503 first
         self._gate = ConnectionGate(config.proxy.limits.max_connections)  # shared by every listener
+        self._tunnels = Tunnels()  # open WebSockets, across reloads
 
     @property
     def snapshot(self) -> Snapshot:
@@ -82,7 +87,13 @@ class ProxyService:
         self._kinds.append(kind)
         for address in addresses:
             site = web.TCPSite(
-                runner, address.host, address.port, reuse_address=True, backlog=1024, ssl_context=ssl_context
+                runner,
+                address.host,
+                address.port,
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+                ssl_context=ssl_context,
             )
             await site.start()
             log.info("listening on %s", site.name)
@@ -93,7 +104,7 @@ class ProxyService:
             AiohttpTransport(connect_timeout=timeouts.upstream_connect, read_timeout=timeouts.upstream_read),
             self.metrics,
         )
-        self._snapshot = Snapshot.of(self.config, self._transport)
+        self._snapshot = Snapshot.of(self.config, self._transport, self._tunnels)
         for warning in self.config.warnings:
             log.warning("%s", warning)
         listen = self.config.proxy.listen
@@ -150,7 +161,8 @@ class ProxyService:
         for warning in restart_needed(self.config, config):
             log.warning("%s", warning)
         self.config = config
-        self._snapshot = Snapshot.of(config, self._transport)  # new handshakes now get the new certificates
+        # new handshakes now get the new certificates; open connections and WebSockets are untouched
+        self._snapshot = Snapshot.of(config, self._transport, self._tunnels)
         for warning in config.warnings:
             log.warning("%s", warning)
         log.info(
@@ -162,12 +174,20 @@ class ProxyService:
         return True
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams."""
+        """Stop accepting, let in-flight requests finish within shutdown_grace, then close upstreams.
+
+        Open WebSockets never finish by themselves: after the grace they get close code 1001.
+        """
         self.draining = True
         if self._expiry_watch is not None:
             self._expiry_watch.cancel()
             self._expiry_watch = None
-        await stop_gracefully(self._runners)
+        grace = self.config.proxy.timeouts.shutdown_grace
+        farewell = asyncio.get_running_loop().call_later(grace, self._tunnels.going_away)
+        try:
+            await stop_gracefully(self._runners)
+        finally:
+            farewell.cancel()
         self._runners.clear()
         self._kinds.clear()
         if self._transport is not None:

@@ -538,6 +538,46 @@ async def die_midway(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+WS_PROTOCOLS = ("crm.v2", "crm.v1")  # what /ws/echo offers, in its order of preference
+WS_CLOSED = web.AppKey("ws_closed", list)  # close code of each /ws/echo session once it ended (None: no frame)
+
+
+async def ws_echo(request: web.Request) -> web.StreamResponse:
+    """/ws/echo[?greet=TEXT]: echo text and binary; 'close:CODE:REASON' closes with that code and reason.
+
+    Negotiates a subprotocol from WS_PROTOCOLS and permessage-deflate when offered, and answers
+    pings (aiohttp's autoping): enough to see every part of a WebSocket cross the proxy.
+    """
+    ws = web.WebSocketResponse(protocols=WS_PROTOCOLS, max_msg_size=0)
+    await ws.prepare(request)
+    if "greet" in request.query:  # /ws/echo?greet=TEXT speaks first, right behind the 101
+        await ws.send_str(request.query["greet"])
+    async for message in ws:
+        if message.type == web.WSMsgType.TEXT:
+            if message.data.startswith("close:"):
+                _, code, reason = message.data.split(":", 2)
+                await ws.close(code=int(code), message=reason.encode())
+                break
+            await ws.send_str(message.data)
+        elif message.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+    request.app[WS_CLOSED].append(ws.close_code)
+    return ws
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """/events?count=N&interval=S: a server-sent event feed, one event every S seconds."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    interval = float(request.query.get("interval", 1))
+    for i in range(0 if request.method == "HEAD" else int(request.query.get("count", 5))):
+        if i:
+            await asyncio.sleep(interval)
+        await resp.write(f"id: {i}\nevent: notification\ndata: event {i}\n\n".encode())
+    await resp.write_eof()
+    return resp
+
+
 def _fixed_redirect(location: str) -> Handler:
     """A handler answering 302 to a fixed ``location`` (relative, or an internal name)."""
 
@@ -551,6 +591,7 @@ def make_app(*, name: str = "crm") -> web.Application:
     """Build the stand-in; ``name`` is the CRM install name (paths /<name>/ and /sdata/<name>j/)."""
     app = web.Application(middlewares=[_record])
     app[RECORDED] = []
+    app[WS_CLOSED] = []
     app[_STORE] = {"company": {"43": {"Name": "Gatecom", "Website": "http://gatecom.example"}}}
     app[_NAME] = name
     app.on_response_prepare.append(_banners)
@@ -578,6 +619,8 @@ def make_app(*, name: str = "crm") -> web.Application:
     r.add_get("/refresh", refresh)
     r.add_get("/cookies", cookies)
     r.add_get("/die-midway", die_midway)
+    r.add_get("/ws/echo", ws_echo)
+    r.add_get("/events", events)
     r.add_get("/", _fixed_redirect(f"/{name}/"))  # the default IIS site points at the CRM app
     r.add_get(f"/{name}/", _fixed_redirect(f"{eware}/go"))  # the install's default document
     return app  # anything else (under /crm/ or not) is an IIS 404 page, via _record
@@ -585,7 +628,7 @@ def make_app(*, name: str = "crm") -> web.Application:
 
 async def run_standin(host: str, port: int) -> web.AppRunner:
     """Start the stand-in on host:port (0 = any free port; read ``runner.addresses``)."""
-    runner = web.AppRunner(make_app())
+    runner = web.AppRunner(make_app(), handler_cancellation=True)  # IIS, too, stops work for a client gone
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

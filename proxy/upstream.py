@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from aiohttp.http import StreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -41,6 +42,18 @@ class OutboundRequest:
     server_hostname: str | None = None
 
 
+class Tunnel(Protocol):
+    """The raw byte stream of an upgraded (101) connection, both ways, with flow control."""
+
+    async def read(self) -> bytes: ...  # b"" at the end
+
+    async def write(self, data: bytes) -> None: ...  # waits while the peer is not reading
+
+    def write_eof(self) -> None: ...  # half-close where the transport can
+
+    def close(self) -> None: ...
+
+
 class InboundResponse(Protocol):
     status: int
     reason: str | None
@@ -48,11 +61,68 @@ class InboundResponse(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
+    def tunnel(self) -> Tunnel: ...  # only after a 101 to an upgrade request
+
 
 class Transport(Protocol):
     def send(self, request: OutboundRequest) -> AbstractAsyncContextManager[InboundResponse]: ...
 
     async def close(self) -> None: ...
+
+
+class RawFeed:
+    """The parser aiohttp's protocols hand bytes to after an upgrade: passes them on untouched.
+
+    Feeding an aiohttp `StreamReader` gives flow control for free: past twice its limit it
+    pauses the transport, and reading it below the limit resumes it.
+    """
+
+    __slots__ = ("_reader",)
+
+    def __init__(self, reader: aiohttp.StreamReader) -> None:
+        self._reader = reader
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._reader.feed_data(data)
+        return False, b""  # never "protocol error", never a tail
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+async def read_raw(reader: aiohttp.StreamReader) -> bytes:
+    """The next bytes of an upgraded stream; b"" once the peer has gone, however it went."""
+    try:
+        return await reader.readany()
+    except (aiohttp.ClientError, OSError):
+        return b""
+
+
+class _AiohttpTunnel:
+    __slots__ = ("_response", "_reader", "_writer", "_transport")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        connection = response.connection
+        assert connection is not None and connection.protocol is not None and connection.transport is not None
+        protocol, loop = connection.protocol, asyncio.get_running_loop()
+        protocol.read_timeout = None  # an idle WebSocket is normal; sock_read would cut it
+        self._response, self._transport = response, connection.transport
+        self._reader = aiohttp.StreamReader(protocol, CHUNK, loop=loop)
+        self._writer = StreamWriter(protocol, loop)
+        protocol.set_parser(RawFeed(self._reader), self._reader)
+
+    async def read(self) -> bytes:
+        return await read_raw(self._reader)
+
+    async def write(self, data: bytes) -> None:
+        await self._writer.write(data)
+
+    def write_eof(self) -> None:
+        if not self._transport.is_closing() and self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    def close(self) -> None:
+        self._response.close()
 
 
 class _AiohttpResponse:
@@ -74,6 +144,10 @@ class _AiohttpResponse:
             if not chunk:  # a body cut short raises ClientPayloadError above, so this is the real end
                 return
             yield chunk
+
+    def tunnel(self) -> Tunnel:
+        assert self.status == 101, "only an upgraded connection is a tunnel"
+        return _AiohttpTunnel(self._response)
 
 
 def classify(exc: BaseException) -> UpstreamError:
@@ -122,7 +196,9 @@ class AiohttpTransport:
         try:
             yield _AiohttpResponse(response)
         finally:
-            if response.content.is_eof():
+            if response.status == 101:
+                response.close()  # an upgraded connection never goes back to the pool
+            elif response.content.is_eof():
                 response.release()  # body read to the end: the connection goes back to the pool
             else:
                 response.close()  # abandoned mid-body: never reuse a connection in an unknown state

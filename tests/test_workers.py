@@ -1,0 +1,96 @@
+"""`[server] workers`: processes sharing one port through SO_REUSEPORT, run as `crm-proxy serve` is."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.workers import worker_count
+from tests.conftest import PUBLIC_HOST, Upstream, site_toml, write_config
+
+
+def test_worker_count() -> None:
+    assert worker_count(1) == 1
+    assert worker_count(3, shareable=True) == 3
+    assert worker_count("auto", shareable=True) == (os.cpu_count() or 1)
+
+
+def test_worker_count_falls_back_to_one_where_ports_cannot_be_shared(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "crm_proxy"):
+        assert worker_count(4, shareable=False) == 1
+    assert "needs Linux SO_REUSEPORT; running 1 worker" in caplog.text
+
+
+def listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT workers are Linux only")
+async def test_two_workers_share_the_port_reload_and_stop(upstream: Upstream, tmp_path: Path) -> None:
+    proxy_toml = (
+        "[listen]\nhttps = []\nhttp = []\nplain = ['127.0.0.1:0']\n"
+        "[server]\nworkers = 2\n[timeouts]\nshutdown_grace = 1\n[log]\nformat = 'text'\n"
+    )
+    directory = write_config(tmp_path / "config", proxy_toml, {"crm": site_toml(upstream)})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(directory),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        while sum("listening on" in line for line in lines) < 2:
+            line = (await asyncio.wait_for(process.stderr.readline(), 15)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+        log = "".join(lines)
+        ports = set(re.findall(r"listening on http://127\.0\.0\.1:(\d+)", log))
+        pids = [int(pid) for pid in re.findall(r"worker \d started, pid (\d+)", log)]
+        assert len(ports) == 1 and len(pids) == 2, log
+        port = int(ports.pop())
+        shared = listening_inodes(port)
+        assert len(shared) == 2  # two listening sockets on one port, one in each worker
+        assert all(socket_inodes(pid) & shared for pid in pids)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+            for _ in range(8):  # a new connection each time, spread over the workers by the kernel
+                async with client.get(f"http://127.0.0.1:{port}/echo", headers={"Host": PUBLIC_HOST}) as response:
+                    assert response.status == 200 and response.headers["X-Frame-Options"] == "SAMEORIGIN"
+        process.send_signal(signal.SIGHUP)
+        while sum("configuration reloaded" in line for line in lines) < 2:
+            line = (await asyncio.wait_for(process.stderr.readline(), 10)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
