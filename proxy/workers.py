@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
@@ -75,6 +76,13 @@ def pin_ports(config: Config) -> tuple[Config, list[socket.socket]]:
     return dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, listen=listen)), holders
 
 
+def _stop_when_orphaned(parent: int, every: float = 0.5) -> None:
+    """A worker whose supervisor was killed (SIGKILL, OOM) stops gracefully instead of holding the ports."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def reload_all_workers() -> None:
     """Ask the supervisor to pass SIGHUP to every worker (the admin listener lives in only one of them)."""
     os.kill(os.getppid(), signal.SIGHUP)
@@ -85,6 +93,7 @@ def _worker_main(serve: Callable[[Config], object], config: Config, holders: lis
         holder.close()
     if slot > 0:  # one admin listener for the whole proxy, in the first worker
         config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, admin_listen=None))
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)  # the worker's loop installs its own
     serve(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -55,7 +56,7 @@ def socket_inodes(pid: int) -> set[str]:
 async def test_two_workers_share_the_port_reload_and_stop(upstream: Upstream, tmp_path: Path) -> None:
     proxy_toml = (
         "[listen]\nhttps = []\nhttp = []\nplain = ['127.0.0.1:0']\n"
-        "[server]\nworkers = 2\n[timeouts]\nshutdown_grace = 1\n[log]\nformat = 'text'\n"
+        "[server]\nworkers = 2\n[timeouts]\nshutdown_grace = 1\n[log]\nformat = 'text'\n[admin]\nlisten = ''\n"
     )
     directory = write_config(tmp_path / "config", proxy_toml, {"crm": site_toml(upstream)})
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -94,3 +95,62 @@ async def test_two_workers_share_the_port_reload_and_stop(upstream: Upstream, tm
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT workers are Linux only")
+async def test_admin_reload_reaches_every_worker_and_orphans_stop(upstream: Upstream, tmp_path: Path) -> None:
+    admin = free_port()
+    proxy_toml = (
+        "[listen]\nhttps = []\nhttp = []\nplain = ['127.0.0.1:0']\n[server]\nworkers = 2\n"
+        f"[timeouts]\nshutdown_grace = 1\n[log]\nformat = 'text'\n[admin]\nlisten = '127.0.0.1:{admin}'\n"
+    )
+    directory = write_config(tmp_path / "config", proxy_toml, {"crm": site_toml(upstream)})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--config", str(directory),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+
+    async def until(text: str, count: int) -> None:
+        while sum(text in line for line in lines) < count:
+            line = (await asyncio.wait_for(process.stderr.readline(), 15)).decode()  # type: ignore[union-attr]
+            assert line, "".join(lines)
+            lines.append(line)
+
+    pids: list[int] = []
+    try:
+        await until("listening on", 2)
+        pids = [int(pid) for pid in re.findall(r"worker \d started, pid (\d+)", "".join(lines))]
+        async with aiohttp.ClientSession() as client:
+            for _ in range(50):  # the admin listener starts after the proxy listeners
+                try:
+                    async with client.post(f"http://127.0.0.1:{admin}/reload") as response:
+                        assert response.status == 200, await response.text()
+                        break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.1)
+        await until("configuration reloaded", 3)  # the admin's worker, then SIGHUP to both through the parent
+        process.kill()  # the supervisor dies without a word: its workers must not linger
+        await process.wait()
+        for _ in range(100):
+            if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+                break
+            await asyncio.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
