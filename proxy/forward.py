@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import redact
 from .config import Config, Network, Site
-from .observe import routed
+from .observe import routed, websocket_open
 from .policy import ResponseContext
 from .protocol import ProxyRequest, own_response
 from .routing import Router, Target, parse_target
@@ -91,6 +92,8 @@ def copy_end_to_end(headers: CIMultiDictProxy[str], also_drop: Iterable[str] = (
 
 def upstream_headers(request: ProxyRequest, site: Site, target: Target, trusted: bool, scheme: str) -> CIMultiDict[str]:
     headers = copy_end_to_end(request.headers, REFRAMED | ({"host"} | (set() if trusted else FORWARDING)))
+    for name in [n for n in headers if "_" in n and n.lower().replace("_", "-") in FORWARDING]:
+        del headers[name]  # IIS reads X_Forwarded_For as X-Forwarded-For (both are HTTP_X_FORWARDED_FOR)
     if request.content_length is not None and request.headers.get("Transfer-Encoding") is None:
         headers["Content-Length"] = str(request.content_length)
     if site.preserve_host and target.authority:
@@ -131,7 +134,7 @@ class ClientBody:
 
     def __init__(self, content: web.StreamReader, limit: int, idle: float) -> None:
         self.content, self.limit, self.idle = content, limit, idle
-        self.seen, self.exceeded, self.stalled = 0, False, False
+        self.seen, self.exceeded, self.stalled, self.broken = 0, False, False, False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
@@ -141,6 +144,9 @@ class ClientBody:
             except TimeoutError:
                 self.stalled = True
                 raise BodyRefused("client stopped sending the request body") from None
+            except (BadHttpMessage, ConnectionError) as exc:  # a malformed chunk, or the client went away
+                self.broken = True
+                raise BodyRefused(f"request body unusable: {exc}") from None
             if not chunk:
                 return
             self.seen += len(chunk)
@@ -218,11 +224,14 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
             response = web.StreamResponse(status=answer.status, reason=answer.reason)
             response.headers.extend(copy_end_to_end(answer.headers, ("content-length",)))
             length = answer.headers.get("Content-Length")
-            if length is not None and length.isdigit() and "Transfer-Encoding" not in answer.headers:
+            bodiless = answer.status < 200 or answer.status in (204, 304)
+            if length is not None and length.isdigit() and "Transfer-Encoding" not in answer.headers and not bodiless:
                 response.content_length = int(length)
+            request.keep_content_type = "Content-Type" in answer.headers  # aiohttp would invent one otherwise
             if answer.status == 101:
                 if upgrade:
-                    return await tunnel(request, response, answer, snapshot.tunnels)
+                    with websocket_open(site.name):
+                        return await tunnel(request, response, answer, snapshot.tunnels)
                 return own_response(502, "The upstream server switched protocols without being asked to.")
             if asks_upgrade(request):
                 response.force_close()  # the parser stopped at the upgrade: this connection cannot go on
@@ -239,6 +248,8 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
             await response.write_eof()
             return response
     except UpstreamError as exc:
+        if body is not None and body.broken:
+            return refuse(request, 400, "The request body was malformed or cut short.")
         if body is not None and body.exceeded:
             return refuse(request, 413, f"The request body is larger than the {limit} bytes this site accepts.")
         if body is not None and body.stalled:

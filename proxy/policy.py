@@ -179,9 +179,15 @@ def rewrite_locations(headers: CIMultiDict[str], ctx: ResponseContext) -> None:
             values = [rewrite_url(v, ctx) for v in headers.popall(name)]
             for value in values:
                 headers.add(name, value)
-    refresh = headers.get("Refresh")
-    if refresh is not None:
-        match = _REFRESH.match(refresh)
-        if match:
-            lead, quote, url, tail = match.groups()
-            headers["Refresh"] = f"{lead}{quote}{rewrite_url(url, ctx)}{quote}{tail}"
+    if "Refresh" in headers:
+        for value in [rewrite_refresh(v, ctx) for v in headers.popall("Refresh")]:
+            headers.add("Refresh", value)
+
+
+def rewrite_refresh(value: str, ctx: ResponseContext) -> str:
+    """`Refresh: 0; url=http://internal/...`: only the URL part moves to the public origin."""
+    match = _REFRESH.match(value)
+    if not match:
+        return value
+    lead, quote, url, tail = match.groups()
+    return f"{lead}{quote}{rewrite_url(url, ctx)}{quote}{tail}"

@@ -51,19 +51,23 @@ REFUSAL_POLICY = Policy.build(
 class ProxyRequest(web.BaseRequest):
     """A request that knows which header policy its responses get."""
 
-    ATTRS = web.BaseRequest.ATTRS | frozenset({"context", "policy", "policy_context"})
+    ATTRS = web.BaseRequest.ATTRS | frozenset({"context", "policy", "policy_context", "keep_content_type"})
 
     def __init__(self, *args: Any, context: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.context = context  # the configuration snapshot this request is served under
         self.policy: Policy = REFUSAL_POLICY
         self.policy_context: ResponseContext | None = None
+        #: False for a proxied answer that came without Content-Type: aiohttp's default must not be added.
+        self.keep_content_type = True
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         """The single place the header policy is applied: every response is prepared exactly once."""
         headers = response.headers
         if headers.get("Server") is SERVER_SOFTWARE:  # aiohttp's setdefault, not a value upstream sent
             del headers["Server"]
+        if not self.keep_content_type:  # aiohttp's octet-stream default would turn a page into a download
+            headers.popall("Content-Type", None)
         self.policy.apply(headers, self.policy_context or ResponseContext(https=self.secure))
 
 
@@ -169,6 +173,7 @@ class ProxyRequestHandler(RequestHandler):
         self._head_line: bytes | None = None  # the request line until its end is seen, then None
         self._refusal: web.StreamResponse | None = None  # the error answer, closed gently once written
         self._draining = False  # closing for shutdown while a request's body may still be arriving
+        self._fed_while_busy = False  # bytes arrived while a request ran (a pipelined head may have begun)
 
     # --- connection lifetime -------------------------------------------------------------
 
@@ -271,6 +276,9 @@ class ProxyRequestHandler(RequestHandler):
             return
         if self._head_bytes is None and data and self._idle():
             self._start_head()
+            if self._fed_while_busy:  # the parser may hold the start of this head already: its line was not seen
+                self._head_line = None
+        self._fed_while_busy = self._head_bytes is None and bool(data)
         counting = self._head_bytes is not None and self._payload_parser is None and not self._upgraded
         if counting and data:
             refusal = self._scan_head(data)
@@ -308,6 +316,10 @@ class ProxyRequestHandler(RequestHandler):
                 continue
             if refusal is not None:
                 queue[index] = (_ErrInfo(status=refusal.status, exc=refusal, message=refusal.detail), EMPTY_PAYLOAD)
+            current = self._current_request
+            if index == 0 and current is not None and not current.content.is_eof():
+                # a parse error in the body of the request being forwarded (a bad chunk): fail its upload now
+                current.content.set_exception(BadHttpMessage("malformed request body"))
             while len(queue) > index + 1:
                 queue.pop()
             self._refused = True

@@ -26,14 +26,7 @@ MAX_CHALLENGE_BYTES = 64 * 1024
 
 def site_for_host(snapshot: Snapshot, host: str, path_qs: str) -> Site | None:
     """The site whose header policy the answer gets; None when the host is not configured at all."""
-    site = snapshot.router.match(host, path_qs)
-    if site is not None:
-        return site
-    wildcard = "*." + host.split(".", 1)[1] if "." in host else None
-    for candidate in snapshot.config.sites:
-        if host in candidate.hosts or (wildcard is not None and wildcard in candidate.hosts):
-            return candidate
-    return None
+    return snapshot.router.match(host, path_qs) or snapshot.router.any_site(host)
 
 
 def https_location(host: str, public_port: int, path_qs: str) -> str:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import Site
+
+#: A DNS name (letters, digits, '-', '_' in non-empty labels) or a bracketed IPv6 literal: nothing else may
+#: reach the `Location` and public origin the proxy writes.
+_HOST = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*|\[[0-9a-f:.]+\]")
 
 
 @dataclass(frozen=True)
@@ -36,9 +41,10 @@ def split_authority(authority: str) -> str:
         host, port = host.rsplit(":", 1)
         if ":" in host:
             return ""
-    if (port and not port.isdigit()) or any(c in host for c in "/\\@ ,"):
+    host = host.rstrip(".")
+    if (port and not port.isdigit()) or not _HOST.fullmatch(host):
         return ""
-    return host.rstrip(".")
+    return host
 
 
 def parse_target(raw_target: str, host_header: str | None) -> Target:
@@ -70,14 +76,21 @@ class Router:
     def hosts(self) -> frozenset[str]:
         return frozenset(self._table)
 
-    def match(self, host: str | None, path_qs: str) -> Site | None:
+    def _routes(self, host: str | None) -> list[tuple[str, Site]]:
         if not host:
-            return None
+            return []
         routes = self._table.get(host)
         if routes is None and "." in host:
             routes = self._table.get("*." + host.split(".", 1)[1])
-        if not routes:
-            return None
+        return routes or []
+
+    def any_site(self, host: str | None) -> Site | None:
+        """A site that serves `host` on some path: whose policy an answer about the host as a whole gets."""
+        routes = self._routes(host)
+        return routes[-1][1] if routes else None
+
+    def match(self, host: str | None, path_qs: str) -> Site | None:
+        routes = self._routes(host)
         path = path_qs.split("?", 1)[0].lower()
         for prefix, site in routes:
             # "/sdata/" also takes "/sdata", as IIS would for the application root
