@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,9 @@ FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-server",
      "x-forwarded-prefix", "x-real-ip", "forwarded"}
 )  # fmt: skip
+_CONNECTION_AUTH = re.compile(r"\s*(ntlm|negotiate)(\s|$)", re.I)
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_URL_HEADERS = frozenset({"location", "content-location", "refresh"})
 #: Framing the proxy redoes itself on each side.
 REFRAMED = frozenset({"content-length", "expect"})
 
@@ -87,7 +91,25 @@ def copy_end_to_end(headers: CIMultiDictProxy[str], also_drop: Iterable[str] = (
     """
     drop = dropped_names(headers) | frozenset(also_drop)
     spelling: dict[str, str] = {}
-    return CIMultiDict((spelling.setdefault(k.lower(), k), v) for k, v in headers.items() if k.lower() not in drop)
+    return CIMultiDict(
+        (spelling.setdefault(k.lower(), k), v if v.isascii() else writable(k, v))
+        for k, v in headers.items()
+        if k.lower() not in drop
+    )
+
+
+def writable(name: str, value: str) -> str:
+    """A value whose bytes were not UTF-8 (aiohttp keeps them as surrogates, and its writer drops those).
+
+    ISAPI pages may send Windows-1252 (`filename="caf\xe9.pdf"`): the characters are kept, read as
+    Latin-1. In URL headers the bytes are percent-encoded instead, which is what a browser sends for them.
+    """
+    if not _SURROGATE.search(value):
+        return value
+    raw = value.encode("utf-8", "surrogateescape")
+    if name.lower() in _URL_HEADERS:
+        return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+    return raw.decode("latin-1")
 
 
 def upstream_headers(request: ProxyRequest, site: Site, target: Target, trusted: bool, scheme: str) -> CIMultiDict[str]:
@@ -167,6 +189,21 @@ def body_of(request: ProxyRequest, limit: int = 0, idle: float = 0) -> ClientBod
     return None
 
 
+def transport_for(request: ProxyRequest, shared: Transport) -> Transport:
+    """The shared pool, or this client connection's own upstream connection once it uses Windows auth.
+
+    IIS's NTLM and Negotiate authentication (Sage CRM's auto logon) authenticates the TCP connection,
+    not the request: a pooled upstream connection that one user logged in on would serve the next
+    client as that user. From the first such `Authorization` on, the client connection keeps an
+    upstream connection of its own, closed with it (as HAProxy does).
+    """
+    protocol = request.protocol
+    pinned: Transport | None = getattr(protocol, "pinned_upstream", None)
+    if pinned is None and _CONNECTION_AUTH.match(request.headers.get("Authorization", "")):
+        pinned = protocol.pinned_upstream = shared.dedicated()  # type: ignore[attr-defined]
+    return pinned or shared
+
+
 def checked_target(request: ProxyRequest) -> Target | web.Response:
     """What every listener checks before it looks for a site: the refusal, or a target naming a host."""
     if request.method == "CONNECT":
@@ -220,7 +257,7 @@ async def handle(request: ProxyRequest) -> web.StreamResponse:
         server_hostname=site.upstream_tls.server_name or None,
     )
     try:
-        async with snapshot.transport.send(outbound) as answer:
+        async with transport_for(request, snapshot.transport).send(outbound) as answer:
             response = web.StreamResponse(status=answer.status, reason=answer.reason)
             response.headers.extend(copy_end_to_end(answer.headers, ("content-length",)))
             length = answer.headers.get("Content-Length")

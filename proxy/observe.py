@@ -154,6 +154,9 @@ class ObservedTransport:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)  # anything else the transport offers (WebSocket upgrades, ...)
 
+    def dedicated(self) -> ObservedTransport:
+        return ObservedTransport(self._inner.dedicated(), self._metrics)
+
     def failed(self, exc: UpstreamError) -> None:
         exchange = CURRENT.get()
         site = exchange.site if exchange is not None else NO_SITE

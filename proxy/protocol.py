@@ -174,6 +174,8 @@ class ProxyRequestHandler(RequestHandler):
         self._refusal: web.StreamResponse | None = None  # the error answer, closed gently once written
         self._draining = False  # closing for shutdown while a request's body may still be arriving
         self._fed_while_busy = False  # bytes arrived while a request ran (a pipelined head may have begun)
+        #: An upstream transport of this client connection's own, once it authenticates with NTLM/Negotiate.
+        self.pinned_upstream: Any = None
 
     # --- connection lifetime -------------------------------------------------------------
 
@@ -190,6 +192,9 @@ class ProxyRequestHandler(RequestHandler):
         self._start_head()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self.pinned_upstream is not None:  # its authenticated upstream connection dies with it
+            asyncio.ensure_future(self.pinned_upstream.close())
+            self.pinned_upstream = None
         if self._counted and self._gate is not None:
             self._gate.open -= 1
             self._counted = False
@@ -278,7 +283,6 @@ class ProxyRequestHandler(RequestHandler):
             self._start_head()
             if self._fed_while_busy:  # the parser may hold the start of this head already: its line was not seen
                 self._head_line = None
-        self._fed_while_busy = self._head_bytes is None and bool(data)
         counting = self._head_bytes is not None and self._payload_parser is None and not self._upgraded
         if counting and data:
             refusal = self._scan_head(data)
@@ -299,6 +303,9 @@ class ProxyRequestHandler(RequestHandler):
         """Parse `data`; True when it completed at least one request head (or a parse error)."""
         before = self._request_count
         super().data_received(data)
+        # bytes parsed outside a counted head (a body, or whatever followed a complete head) may hold the
+        # start of the next head: its request line is then only known to llhttp, and `vet` checks it there
+        self._fed_while_busy = self._head_bytes is None or self._request_count != before
         if self._request_count == before:
             return False
         self._head_bytes = None

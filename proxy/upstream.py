@@ -67,6 +67,10 @@ class InboundResponse(Protocol):
 class Transport(Protocol):
     def send(self, request: OutboundRequest) -> AbstractAsyncContextManager[InboundResponse]: ...
 
+    def dedicated(self) -> Transport:
+        """A transport of its own for one client connection (connection-bound upstream authentication)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -168,8 +172,9 @@ def classify(exc: BaseException) -> UpstreamError:
 class AiohttpTransport:
     """One pooled, keep-alive `ClientSession` for all sites; create it inside the running loop."""
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
+    def __init__(self, *, connect_timeout: float, read_timeout: float, per_host: int = 0) -> None:
+        self._timeouts = (connect_timeout, read_timeout)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_host, ttl_dns_cache=60, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -202,6 +207,11 @@ class AiohttpTransport:
                 response.release()  # body read to the end: the connection goes back to the pool
             else:
                 response.close()  # abandoned mid-body: never reuse a connection in an unknown state
+
+    def dedicated(self) -> AiohttpTransport:
+        """One upstream connection per upstream host, never shared with another client connection."""
+        connect, read = self._timeouts
+        return AiohttpTransport(connect_timeout=connect, read_timeout=read, per_host=1)
 
     async def close(self) -> None:
         await self._session.close()
