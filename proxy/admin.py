@@ -237,7 +237,7 @@ class AdminListener:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.address.host, self.address.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.address.host, self.address.port, reuse_address=None)
         try:
             await site.start()
         except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ from .server import ProxyService, run_until_stopped
 from .workers import reload_all_workers, run_workers, worker_count
 
 log = logging.getLogger("crm_proxy")
+PORT_ERRORS = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 
 
 def load_or_report(directory: Path) -> Config | None:
@@ -116,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run(lab_main(options))
         except OSError as exc:  # typically the port is taken
-            print(f"crm-proxy lab: {exc} (choose other ports with --https-port/--http-port)", file=sys.stderr)
+            hint = " (choose other ports with --https-port/--http-port)" if exc.errno in PORT_ERRORS else ""
+            print(f"crm-proxy lab: {exc}{hint}", file=sys.stderr)
+            return 1
+        except ConfigError as exc:
+            print(f"crm-proxy lab: {exc}", file=sys.stderr)
             return 1
         except LabError as exc:
             print(f"crm-proxy lab: {exc}", file=sys.stderr)

@@ -33,8 +33,11 @@ TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 #: Headers whose value the proxy computes itself; configuring them in [headers] would fight that.
 _COMPUTED = {"strict-transport-security": "[hsts]", "set-cookie": "[cookies]"}
-_FRAMING = {"connection", "transfer-encoding", "content-length", "content-encoding", "content-type"}
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "content-length"}
+#: Headers that frame or describe the body (or the connection): setting or removing them corrupts responses.
+_FRAMING = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+     "content-length", "content-encoding", "content-type"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, order=True)
@@ -245,13 +248,19 @@ class Table:
             return default
         return tuple(value)
 
-    def path(self, name: str, base: Path, must_exist: bool = True) -> Path | None:
+    def path(self, name: str, base: Path, want: str = "file") -> Path | None:
+        """An existing file (or, with `want="directory"`, folder), relative to the file that names it."""
         value = self.string(name, "")
         if not value:
             return None
+        if "\0" in value:
+            self.error(name, "must not contain a NUL character")
+            return None
         path = (base / value).resolve()
-        if must_exist and not path.exists():
-            self.error(name, f"file not found: {path}")
+        if not path.exists():
+            self.error(name, f"{want} not found: {path}")
+        elif (want == "file") != path.is_file():
+            self.error(name, f"not a {want}: {path}")
         return path
 
     def finish(self) -> None:
@@ -342,9 +351,7 @@ def load_proxy(path: Path, problems: list[Problem]) -> ProxySettings:
     t.finish()
 
     t = top.table("acme")
-    challenge_dir = t.path("challenge_dir", base)
-    if challenge_dir is not None and challenge_dir.exists() and not challenge_dir.is_dir():
-        t.error("challenge_dir", f"must be a directory: {challenge_dir}")
+    challenge_dir = t.path("challenge_dir", base, want="directory")
     t.finish()
 
     t = top.table("server")
@@ -402,8 +409,8 @@ def header_table(table: Table, name: str) -> dict[str, str]:
         if header.lower() in _COMPUTED:
             sub.error(header, f"set by the proxy itself: configure it in {_COMPUTED[header.lower()]}")
             continue
-        if header.lower() in _HOP_BY_HOP:
-            sub.error(header, "a framing (hop-by-hop) header cannot be configured")
+        if header.lower() in _FRAMING:
+            sub.error(header, "frames or describes the body; setting it would corrupt responses")
             continue
         if not isinstance(value, str):
             sub.error(header, f"must be a string, got {show(value)}")
@@ -418,6 +425,22 @@ def header_table(table: Table, name: str) -> dict[str, str]:
             continue
         found[header] = value
     return found
+
+
+#: A DNS name or an IP address literal as yarl gives it (IPv6 without brackets).
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?|[0-9a-fA-F:.]+")
+
+
+def _valid_server_name(name: str) -> bool:
+    """A name TLS can send as SNI and verify: DNS syntax, and labels IDNA accepts (at most 63 bytes)."""
+    if not _NAME.fullmatch(name):
+        return False
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def load_site(path: Path, problems: list[Problem]) -> Site | None:
@@ -447,11 +470,14 @@ def load_site(path: Path, problems: list[Problem]) -> Site | None:
     elif upstream_text:
         try:
             upstream = URL(upstream_text)
-            valid = upstream.scheme in ("http", "https") and bool(upstream.host)
+            valid = upstream.scheme in ("http", "https") and _NAME.fullmatch(upstream.host or "") is not None
+            valid = valid and upstream.port != 0
         except (ValueError, TypeError):
             valid = False
         if not valid:
             top.error("upstream", f"must be an http:// or https:// URL with a host, got {show(upstream_text)}")
+        elif upstream.user is not None or upstream.password is not None:
+            top.error("upstream", "must not hold a user name or password (the client's Authorization passes through)")
         elif upstream.raw_path not in ("", "/") or upstream.query_string or upstream.fragment:
             top.error("upstream", f"must be an origin without path or query, got {show(upstream_text)}")
         upstream = upstream.with_path("/") if valid else URL("http://invalid")
@@ -474,10 +500,14 @@ def load_site(path: Path, problems: list[Problem]) -> Site | None:
         t.error("pfx", "give either cert and key, or pfx, not both")
     if (site_tls.cert is None) != (site_tls.key is None):
         t.error("key" if site_tls.key is None else "cert", "cert and key go together")
+    if site_tls.pfx_password_env and site_tls.pfx is None:
+        t.error("pfx_password_env", "only applies with pfx")
     t.finish()
 
     t = top.table("upstream_tls")
     upstream_tls = UpstreamTls(t.boolean("verify", True), t.path("ca", base), t.string("server_name", ""))
+    if upstream_tls.server_name and not _valid_server_name(upstream_tls.server_name):
+        t.error("server_name", f"not a host name, got {show(upstream_tls.server_name)}")
     t.finish()
 
     t = top.table("headers")

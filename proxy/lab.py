@@ -8,7 +8,6 @@ normal config directory (`crm-proxy check --config` works on it), regenerated at
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import ssl
@@ -43,9 +42,11 @@ def default_state_dir() -> Path:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    with contextlib.suppress(OSError):
-        path.chmod(0o600)
+    """Created owner-only from the start (Windows ignores the mode; the state folder is the user's own)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
 
 
 def lab_ca(state: Path) -> trustme.CA:

@@ -90,7 +90,7 @@ class ProxyService:
                 runner,
                 address.host,
                 address.port,
-                reuse_address=True,
+                reuse_address=None,
                 reuse_port=self.reuse_port or None,
                 backlog=1024,
                 ssl_context=ssl_context,
@@ -211,13 +211,26 @@ async def handle_tls(request: ProxyRequest) -> web.StreamResponse:
 
 def restart_needed(old: Config, new: Config) -> list[str]:
     """Settings a reload cannot apply to sockets that are already open."""
-    notes = []
-    was, now = old.proxy.listen, new.proxy.listen
-    if (was.https, was.http, was.plain) != (now.https, now.http, now.plain):
-        notes.append("proxy.toml: listen: changed listeners take effect at the next restart")
-    if old.proxy.tls.min_version != new.proxy.tls.min_version:
-        notes.append("proxy.toml: tls.min_version: takes effect at the next restart")
-    return notes
+    was, now = old.proxy, new.proxy
+    fixed_at_start = {
+        "listen": lambda p: (p.listen.https, p.listen.http, p.listen.plain),
+        "tls.min_version": lambda p: p.tls.min_version,
+        "timeouts.client_header": lambda p: p.timeouts.client_header,
+        "timeouts.keep_alive": lambda p: p.timeouts.keep_alive,
+        "timeouts.upstream_connect": lambda p: p.timeouts.upstream_connect,
+        "timeouts.upstream_read": lambda p: p.timeouts.upstream_read,
+        "timeouts.shutdown_grace": lambda p: p.timeouts.shutdown_grace,
+        "limits.max_header_bytes": lambda p: p.limits.max_header_bytes,
+        "limits.max_connections": lambda p: p.limits.max_connections,
+        "admin.listen": lambda p: p.admin_listen,
+        "server.workers": lambda p: p.workers,
+        "log.format": lambda p: p.log_format,
+    }
+    return [
+        f"proxy.toml: {key}: changed; takes effect at the next restart"
+        for key, value in fixed_at_start.items()
+        if value(was) != value(now)
+    ]
 
 
 def hardening_options(head_limit: int, client_header: float, gate: ConnectionGate) -> dict[str, object]:

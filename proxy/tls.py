@@ -203,9 +203,16 @@ def _is_self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
-def _context_for(chain: list[x509.Certificate], key: PrivateKey, min_version: str) -> ssl.SSLContext:
-    """ssl can load keys from files only: write the chain and an encrypted copy of the key to a private folder."""
+def _context_for(source: Source, chain: list[x509.Certificate], key: PrivateKey, min_version: str) -> ssl.SSLContext:
+    """PEM files are loaded as they are, so a read-only container works.
+
+    ssl loads keys from files only: for a PFX, the chain and an encrypted copy of the key go to a
+    private temporary folder for a moment (a read-only container needs a tmpfs on /tmp for that).
+    """
     context = server_context(min_version)
+    if source.pfx is None:
+        context.load_cert_chain(str(source.cert), str(source.key))
+        return context
     folder = Path(tempfile.mkdtemp(prefix="crm-proxy-"))
     try:
         password = secrets.token_urlsafe(32).encode()
@@ -248,7 +255,7 @@ def load(source: Source, min_version: str, now: datetime | None = None) -> Loade
     except x509.ExtensionNotFound:
         names, ips = (), ()
     try:
-        context = _context_for(chain, key, min_version)
+        context = _context_for(source, chain, key, min_version)
     except (ssl.SSLError, ValueError, OSError) as exc:
         raise CertificateError(source.main_key, f"OpenSSL refused the certificate: {exc}") from exc
     fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
@@ -379,6 +386,8 @@ def load_all(
 def hsts_trouble(certificates: Certificates, hosts: Iterable[str]) -> str | None:
     """Why HSTS must be withheld for these hosts (Sage: only once a valid certificate is installed), or None."""
     for host in hosts:
+        if ip_literal(host) is not None:
+            continue  # browsers never record HSTS for an IP address (RFC 6797 §8.1.1)
         loaded = certificates.for_name(host)
         if loaded is None:
             return f"no certificate serves {host!r} over HTTPS"

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 
-from .config import Address, Config
+from .config import Address, Config, ConfigError, load_config
 
 log = logging.getLogger("crm_proxy")
 
@@ -83,12 +83,27 @@ def _stop_when_orphaned(parent: int, every: float = 0.5) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+_supervisor: int | None = None  # in a worker: the pid of the process that forked it
+
+
 def reload_all_workers() -> None:
     """Ask the supervisor to pass SIGHUP to every worker (the admin listener lives in only one of them)."""
-    os.kill(os.getppid(), signal.SIGHUP)
+    if _supervisor is not None and os.getppid() == _supervisor:  # never a stray SIGHUP to whoever adopted us
+        os.kill(_supervisor, signal.SIGHUP)
+
+
+def reloaded(config: Config) -> Config:
+    """The supervisor's copy after a SIGHUP, so a restarted worker starts from what the others now run."""
+    try:
+        fresh = load_config(config.directory)
+    except ConfigError:
+        return config  # the workers refuse it too and keep what they have
+    return dataclasses.replace(fresh, proxy=dataclasses.replace(fresh.proxy, listen=config.proxy.listen))
 
 
 def _worker_main(serve: Callable[[Config], object], config: Config, holders: list[socket.socket], slot: int) -> None:
+    global _supervisor
+    _supervisor = os.getppid()
     for holder in holders:
         holder.close()
     if slot > 0:  # one admin listener for the whole proxy, in the first worker
@@ -114,9 +129,11 @@ def run_workers(config: Config, count: int, serve: Callable[[Config], object]) -
         log.info("worker %d started, pid %s", slot, process.pid)
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, config
         if signum != getattr(signal, "SIGHUP", None):
             stopping = True
+        else:
+            config = reloaded(config)
         for process, _ in workers.values():
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signal.SIGTERM if stopping else signum)
