@@ -601,6 +601,12 @@ def load_config(directory: Path | str) -> Config:
                         f"host {show(claim[0])} with prefix {show(claim[1])} is also claimed by {other.file}",
                     )
                 )
+    hsts_of: dict[str, Site] = {}
+    for site in sites:
+        for host in site.hosts:
+            first = hsts_of.setdefault(host, site)
+            if first.hsts != site.hsts:  # a browser keeps whichever it saw last: one host, one policy
+                problems.append(Problem(site.file, "hsts", f"host {show(host)} has a different [hsts] in {first.file}"))
     certificates, certificate_warnings = load_certificates(proxy, sites, problems)
     if problems:
         raise ConfigError(problems)

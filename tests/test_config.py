@@ -163,12 +163,48 @@ def test_python_dash_m_runs_the_cli() -> None:
             "strict-origin-when-cross-origin or unsafe-url, got x",
         ),
         ({}, "sites/: no site files (sites/*.toml): nothing to serve"),
+        (
+            {"a": 'hosts = ["a.example"]\nupstream = "http://a"\n[headers.set]\nContent-Encoding = "gzip"\n'},
+            "sites/a.toml: headers.set.Content-Encoding: frames or describes the body; setting it would corrupt "
+            "responses",
+        ),
+        (
+            {"a": 'hosts = ["a.example"]\nupstream = "http://a"\n[upstream_tls]\nca = "x\\u0000"\n'},
+            "sites/a.toml: upstream_tls.ca: must not contain a NUL character",
+        ),
+        (
+            {"a": 'hosts = ["a.example"]\nupstream = "http://a"\n[upstream_tls]\nca = "."\n'},
+            "sites/a.toml: upstream_tls.ca: not a file: {dir}/sites",
+        ),
+        (
+            {"a": 'hosts = ["a.example"]\nupstream = "https://10.0.0.5"\n[upstream_tls]\nserver_name = "a b"\n'},
+            'sites/a.toml: upstream_tls.server_name: not a host name, got "a b"',
+        ),
+        (
+            {"a": 'hosts = ["a.example"]\nupstream = "http://u:p@iis"\n'},
+            "sites/a.toml: upstream: must not hold a user name or password (the client's Authorization passes through)",
+        ),
+        (
+            {"a": 'hosts = ["a.example"]\nupstream = "http://exa mple"\n'},
+            'sites/a.toml: upstream: must be an http:// or https:// URL with a host, got "http://exa mple"',
+        ),
+        (
+            {"a": 'hosts = ["a.example"]\nupstream = "http://a"\n[tls]\npfx_password_env = "X"\n'},
+            "sites/a.toml: tls.pfx_password_env: only applies with pfx",
+        ),
+        (
+            {
+                "a": 'hosts = ["a.example"]\nupstream = "http://a"\n[hsts]\nmax_age = 0\n',
+                "b": 'hosts = ["a.example"]\nupstream = "http://b"\npaths = ["/sdata/"]\n',
+            },
+            'sites/b.toml: hsts: host "a.example" has a different [hsts] in sites/a.toml',
+        ),
     ],
 )
 def test_single_problems(tmp_path: Path, sites: dict[str, str], expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write_config(tmp_path, "", sites))
-    assert [str(p) for p in caught.value.problems] == [expected]
+    assert [str(p) for p in caught.value.problems] == [expected.replace("{dir}", str(tmp_path.resolve()))]
 
 
 def test_serve_on_a_busy_port_says_so_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
