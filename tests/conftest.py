@@ -153,19 +153,24 @@ async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> RawRespon
     try:
         writer.write(data)
         await writer.drain()
-        chunks = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (left := deadline - loop.time()) > 0:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), left)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if complete(b"".join(chunks)):
-                break
-        return parse_raw(b"".join(chunks))
+        return await read_response(reader, timeout)
     finally:
         writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader, timeout: float = 5.0) -> RawResponse:
+    """Read one response: to its Content-Length, or until the server closes (or the timeout passes)."""
+    chunks: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (left := deadline - loop.time()) > 0:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), left)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if complete(b"".join(chunks)):
+            break
+    return parse_raw(b"".join(chunks))

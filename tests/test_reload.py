@@ -16,16 +16,7 @@ import trustme
 from cryptography.hazmat.primitives.hashes import SHA256
 
 from tests.conftest import StartProxy, Upstream
-from tests.tlskit import TlsConnection, ca_subject, tls_get, write_pem
-
-HTTPS_ONLY = """
-[listen]
-https = ["127.0.0.1:0"]
-http = []
-plain = []
-[log]
-format = "text"
-"""
+from tests.tlskit import HTTPS_ONLY, TlsConnection, ca_subject, tls_get, write_pem
 
 GET = b"GET /headers HTTP/1.1\r\nHost: crm.test\r\n\r\n"
 

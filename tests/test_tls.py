@@ -15,16 +15,7 @@ from proxy.config import ConfigError, load_config
 from proxy.standin import make_app
 from proxy.tls import INTERMEDIATE_CIPHERS
 from tests.conftest import StartProxy, Upstream, raw_request, write_config
-from tests.tlskit import TlsConnection, make_cert, tls_get, write_cert, write_pem, write_pfx
-
-HTTPS_ONLY = """
-[listen]
-https = ["127.0.0.1:0"]
-http = []
-plain = []
-[log]
-format = "text"
-"""
+from tests.tlskit import HTTPS_ONLY, TlsConnection, make_cert, tls_get, write_cert, write_pem, write_pfx
 
 
 def with_default(cert: Path, key: Path, extra: str = "") -> str:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import RawResponse, complete, parse_raw
+from tests.conftest import RawResponse, read_response
 
 
 def write_pem(ca: trustme.CA, directory: Path, name: str, *hosts: str, **kwargs: object) -> tuple[Path, Path]:
@@ -143,20 +143,7 @@ class TlsConnection:
     async def request(self, data: bytes, timeout: float = 5.0) -> RawResponse:
         self.writer.write(data)
         await self.writer.drain()
-        chunks: list[bytes] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (left := deadline - loop.time()) > 0:
-            try:
-                chunk = await asyncio.wait_for(self.reader.read(65536), left)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if complete(b"".join(chunks)):
-                break
-        return parse_raw(b"".join(chunks))
+        return await read_response(self.reader, timeout)
 
     async def close(self) -> None:
         self.writer.close()
@@ -177,3 +164,13 @@ async def tls_get(
         return TlsExchange(connection.certificate, ssl_object.version(), ssl_object.cipher()[0], response)
     finally:
         await connection.close()
+
+
+HTTPS_ONLY = """
+[listen]
+https = ["127.0.0.1:0"]
+http = []
+plain = []
+[log]
+format = "text"
+"""
