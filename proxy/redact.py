@@ -8,6 +8,7 @@ a log is read by more people than the CRM's users are.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 REDACTED = "[redacted]"
 #: Headers whose whole value is a credential; the scheme word (`Basic`, `Bearer`) is kept.
@@ -20,7 +21,7 @@ SECRET_PARAMS = frozenset({"sid", "password", "pwd", "token", "access_token"})
 _NAMES = "|".join(sorted(SECRET_PARAMS))
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 _CONTROL_ONLY = re.compile(r"[\x00-\x1f\x7f]")
-_PARAM = re.compile(r"(?i)(?<![^?&;])(" + _NAMES + r")=[^&;#\s'\"]*")
+_PARAM = re.compile(r"(?<![^?&;])([^=&;#\s?]+)=[^&;#\s'\"]*")
 _WORD_PARAM = re.compile(r"(?i)\b(" + _NAMES + r")=[^&;#\s'\"]*")
 _USERINFO = re.compile(r"(?i)^(https?://)[^/?#@]*@")
 _CREDENTIAL_LINE = re.compile(
@@ -31,6 +32,12 @@ _COOKIE_PAIR = re.compile(r"([^=;,\s]+)=([^;,]*)")
 _BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\"")
 _ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}
 LIMIT = 300
+
+
+def _secret_param(match: re.Match[str]) -> str:
+    """`SID=...` (however its name is percent-encoded, `%53ID`) with the value replaced; others untouched."""
+    name = match[1]
+    return f"{name}={REDACTED}" if unquote(name).lower() in SECRET_PARAMS else match[0]
 
 
 def escape(text: str, limit: int = LIMIT) -> str:
@@ -48,12 +55,12 @@ def escape_controls(text: str) -> str:
 def target(raw: str, limit: int = LIMIT) -> str:
     """A request-target for the log: session and credential parameters and URL user-info replaced, then escaped."""
     raw = _USERINFO.sub(r"\1" + REDACTED + "@", raw)
-    return escape(_PARAM.sub(lambda m: f"{m[1]}={REDACTED}", raw), limit)
+    return escape(_PARAM.sub(_secret_param, raw), limit)
 
 
 def scrub(message: str) -> str:
     """The last line of defence for any log line, whoever wrote it: session ids out, controls escaped."""
-    return escape_controls(_PARAM.sub(lambda m: f"{m[1]}={REDACTED}", message))
+    return escape_controls(_PARAM.sub(_secret_param, message))
 
 
 def header(name: str, value: str, limit: int = LIMIT) -> str:

@@ -83,13 +83,15 @@ def _stop_when_orphaned(parent: int, every: float = 0.5) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+#: Worker 0 to the supervisor: "I reloaded; reload the others" (workers run on Linux only).
+OTHERS_RELOAD = getattr(signal, "SIGUSR1", 0)
 _supervisor: int | None = None  # in a worker: the pid of the process that forked it
 
 
 def reload_all_workers() -> None:
-    """Ask the supervisor to pass SIGHUP to every worker (the admin listener lives in only one of them)."""
-    if _supervisor is not None and os.getppid() == _supervisor:  # never a stray SIGHUP to whoever adopted us
-        os.kill(_supervisor, signal.SIGHUP)
+    """Ask the supervisor to pass SIGHUP to the other workers (the admin listener lives in worker 0 only)."""
+    if _supervisor is not None and os.getppid() == _supervisor:  # never a stray signal to whoever adopted us
+        os.kill(_supervisor, OTHERS_RELOAD)
 
 
 def reloaded(config: Config) -> Config:
@@ -109,7 +111,7 @@ def _worker_main(serve: Callable[[Config], object], config: Config, holders: lis
     if slot > 0:  # one admin listener for the whole proxy, in the first worker
         config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, admin_listen=None))
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)  # the worker's loop installs its own
     serve(config)
 
@@ -130,15 +132,16 @@ def run_workers(config: Config, count: int, serve: Callable[[Config], object]) -
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping, config
-        if signum != getattr(signal, "SIGHUP", None):
+        others_only = signum == OTHERS_RELOAD  # the admin's worker has reloaded itself already
+        if signum not in (signal.SIGHUP, OTHERS_RELOAD):
             stopping = True
         else:
             config = reloaded(config)
-        for process, _ in workers.values():
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signal.SIGTERM if stopping else signum)
+        for slot, (process, _) in workers.items():
+            if process.pid is not None and process.is_alive() and not (others_only and slot == 0):
+                os.kill(process.pid, signal.SIGTERM if stopping else signal.SIGHUP)
 
-    previous = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGINT", "SIGTERM", "SIGHUP")}
+    previous = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")}
     for name in previous:
         signal.signal(getattr(signal, name), forward)
     code = 0

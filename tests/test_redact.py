@@ -15,6 +15,7 @@ def test_sid_query_parameter_is_redacted() -> None:
     assert redact.target("/crm/eware.dll/Do?SID=173628141234&Act=520") == "/crm/eware.dll/Do?SID=[redacted]&Act=520"
     assert redact.target("/x?a=1&sid=9;SID=7#f") == "/x?a=1&sid=[redacted];SID=[redacted]#f"
     assert redact.target("/x?ASID=1&SIDE=2") == "/x?ASID=1&SIDE=2"  # only the parameter named SID
+    assert redact.target("/?x=1;%53ID=SECRET9&%73id=2") == "/?x=1;%53ID=[redacted]&%73id=[redacted]"
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,14 @@ async def test_admin_reload_reaches_every_worker_and_orphans_stop(upstream: Upst
                         break
                 except aiohttp.ClientConnectorError:
                     await asyncio.sleep(0.1)
-        await until("configuration reloaded", 3)  # the admin's worker, then SIGHUP to both through the parent
+        await until("configuration reloaded from", 2)  # the admin's worker, then the other through the parent
+        await asyncio.sleep(0.5)
+        while True:  # and no third reload follows
+            try:
+                lines.append((await asyncio.wait_for(process.stderr.readline(), 0.2)).decode())
+            except TimeoutError:
+                break
+        assert sum("configuration reloaded from" in line for line in lines) == 2, "".join(lines)
         process.kill()  # the supervisor dies without a word: its workers must not linger
         await process.wait()
         for _ in range(100):
