@@ -13,7 +13,7 @@ import pytest
 from yarl import URL
 
 from proxy.standin import GZIP_PLAIN, pattern_bytes, pattern_sha256
-from tests.conftest import PUBLIC_HOST, Proxy, StartProxy, Upstream, raw_request, site_toml
+from tests.conftest import PLAIN_ONLY, PUBLIC_HOST, Proxy, StartProxy, Upstream, raw_request, site_toml
 
 MIB = 1024 * 1024
 
@@ -80,9 +80,7 @@ async def test_forwarded_headers_replace_client_claims(proxy: Proxy, upstream: U
 
 
 async def test_trusted_proxy_claims_are_appended(upstream: Upstream, start_proxy: StartProxy) -> None:
-    proxy_toml = (
-        '[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:0"]\n[forwarded]\ntrusted_proxies = ["127.0.0.1/32"]\n'
-    )
+    proxy_toml = PLAIN_ONLY + '[forwarded]\ntrusted_proxies = ["127.0.0.1/32"]\n'
     proxy = await start_proxy({"crm": site_toml(upstream)}, proxy_toml)
     request = (
         b"GET /echo HTTP/1.1\r\nHost: crm.example.com\r\nX-Forwarded-For: 203.0.113.9\r\n"
@@ -218,7 +216,7 @@ async def test_upstream_refused_is_502(upstream: Upstream, start_proxy: StartPro
 
 
 async def test_upstream_read_timeout_is_504(upstream: Upstream, start_proxy: StartProxy) -> None:
-    proxy_toml = '[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:0"]\n[timeouts]\nupstream_read = 0.3\n'
+    proxy_toml = PLAIN_ONLY + "[timeouts]\nupstream_read = 0.3\n"
     proxy = await start_proxy({"crm": site_toml(upstream)}, proxy_toml)
     response = await raw_request(
         proxy.port, b"GET /slow?delay=1.5 HTTP/1.1\r\nHost: crm.example.com\r\nConnection: close\r\n\r\n"
@@ -241,7 +239,7 @@ async def test_upstream_dying_mid_body_truncates_without_a_second_status_line(pr
 
 
 async def test_body_limit_refuses_before_contacting_upstream(upstream: Upstream, start_proxy: StartProxy) -> None:
-    proxy_toml = '[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:0"]\n[limits]\nmax_body_bytes = 1000\n'
+    proxy_toml = PLAIN_ONLY + "[limits]\nmax_body_bytes = 1000\n"
     proxy = await start_proxy({"crm": site_toml(upstream)}, proxy_toml)
     before = len(upstream.recorded)
     response = await raw_request(

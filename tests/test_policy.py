@@ -7,7 +7,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.conftest import PUBLIC_HOST, Proxy, StartProxy, Upstream, raw_request, site_toml
+from tests.conftest import PLAIN_ONLY, PUBLIC_HOST, Proxy, StartProxy, Upstream, raw_request, site_toml
 
 SAGE = {
     "X-Frame-Options": "SAMEORIGIN",
@@ -239,9 +239,7 @@ async def test_locations_point_at_the_public_origin(
 
 
 async def test_location_rewritten_to_https_for_trusted_balancer(upstream: Upstream, start_proxy: StartProxy) -> None:
-    proxy_toml = (
-        '[listen]\nhttps = []\nhttp = []\nplain = ["127.0.0.1:0"]\n[forwarded]\ntrusted_proxies = ["127.0.0.0/8"]\n'
-    )
+    proxy_toml = PLAIN_ONLY + '[forwarded]\ntrusted_proxies = ["127.0.0.0/8"]\n'
     proxy = await start_proxy({"crm": site_toml(upstream)}, proxy_toml)
     request = (
         b"GET /redirect?to=/crm/ HTTP/1.1\r\nHost: crm.example.com\r\nX-Forwarded-Proto: https\r\n"

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -52,29 +53,73 @@ def socket_inodes(pid: int) -> set[str]:
     return found
 
 
+class Serve:
+    """`crm-proxy serve` as a subprocess, with its stderr log lines read as they come."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def run(cls, directory: Path) -> AsyncIterator[Serve]:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "--config", str(directory),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        serve = cls(process)
+        try:
+            yield serve
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            for pid in serve.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(pid) for pid in re.findall(r"worker \d started, pid (\d+)", self.log)]
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    async def until(self, text: str, count: int, wait: float = 15) -> None:
+        assert self.process.stderr is not None
+        while self.count(text) < count:
+            line = (await asyncio.wait_for(self.process.stderr.readline(), wait)).decode()
+            assert line, self.log
+            self.lines.append(line)
+
+    async def settle(self, quiet: float = 0.2) -> None:
+        """Read what else is logged until the log has been quiet for `quiet` seconds."""
+        assert self.process.stderr is not None
+        with contextlib.suppress(TimeoutError):
+            while True:
+                self.lines.append((await asyncio.wait_for(self.process.stderr.readline(), quiet)).decode())
+
+
+def workers_toml(admin: str = "") -> str:
+    return (
+        "[listen]\nhttps = []\nhttp = []\nplain = ['127.0.0.1:0']\n[server]\nworkers = 2\n"
+        f"[timeouts]\nshutdown_grace = 1\n[log]\nformat = 'text'\n[admin]\nlisten = '{admin}'\n"
+    )
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT workers are Linux only")
 async def test_two_workers_share_the_port_reload_and_stop(upstream: Upstream, tmp_path: Path) -> None:
-    proxy_toml = (
-        "[listen]\nhttps = []\nhttp = []\nplain = ['127.0.0.1:0']\n"
-        "[server]\nworkers = 2\n[timeouts]\nshutdown_grace = 1\n[log]\nformat = 'text'\n[admin]\nlisten = ''\n"
-    )
-    directory = write_config(tmp_path / "config", proxy_toml, {"crm": site_toml(upstream)})
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(directory),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert process.stderr is not None
-    lines: list[str] = []
-    try:
-        while sum("listening on" in line for line in lines) < 2:
-            line = (await asyncio.wait_for(process.stderr.readline(), 15)).decode()
-            assert line, "".join(lines)
-            lines.append(line)
-        log = "".join(lines)
-        ports = set(re.findall(r"listening on http://127\.0\.0\.1:(\d+)", log))
-        pids = [int(pid) for pid in re.findall(r"worker \d started, pid (\d+)", log)]
-        assert len(ports) == 1 and len(pids) == 2, log
+    directory = write_config(tmp_path / "config", workers_toml(), {"crm": site_toml(upstream)})
+    async with Serve.run(directory) as serve:
+        await serve.until("listening on", 2)
+        ports = set(re.findall(r"listening on http://127\.0\.0\.1:(\d+)", serve.log))
+        pids = serve.pids
+        assert len(ports) == 1 and len(pids) == 2, serve.log
         port = int(ports.pop())
         shared = listening_inodes(port)
         assert len(shared) == 2  # two listening sockets on one port, one in each worker
@@ -83,18 +128,11 @@ async def test_two_workers_share_the_port_reload_and_stop(upstream: Upstream, tm
             for _ in range(8):  # a new connection each time, spread over the workers by the kernel
                 async with client.get(f"http://127.0.0.1:{port}/echo", headers={"Host": PUBLIC_HOST}) as response:
                     assert response.status == 200 and response.headers["X-Frame-Options"] == "SAMEORIGIN"
-        process.send_signal(signal.SIGHUP)
-        while sum("configuration reloaded" in line for line in lines) < 2:
-            line = (await asyncio.wait_for(process.stderr.readline(), 10)).decode()
-            assert line, "".join(lines)
-            lines.append(line)
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+        serve.process.send_signal(signal.SIGHUP)
+        await serve.until("configuration reloaded from", 2, wait=10)  # one line per worker
+        serve.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(serve.process.wait(), 10) == 0
         assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 def free_port() -> int:
@@ -108,29 +146,10 @@ def free_port() -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT workers are Linux only")
 async def test_admin_reload_reaches_every_worker_and_orphans_stop(upstream: Upstream, tmp_path: Path) -> None:
     admin = free_port()
-    proxy_toml = (
-        "[listen]\nhttps = []\nhttp = []\nplain = ['127.0.0.1:0']\n[server]\nworkers = 2\n"
-        f"[timeouts]\nshutdown_grace = 1\n[log]\nformat = 'text'\n[admin]\nlisten = '127.0.0.1:{admin}'\n"
-    )
-    directory = write_config(tmp_path / "config", proxy_toml, {"crm": site_toml(upstream)})
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(directory),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert process.stderr is not None
-    lines: list[str] = []
-
-    async def until(text: str, count: int) -> None:
-        while sum(text in line for line in lines) < count:
-            line = (await asyncio.wait_for(process.stderr.readline(), 15)).decode()  # type: ignore[union-attr]
-            assert line, "".join(lines)
-            lines.append(line)
-
-    pids: list[int] = []
-    try:
-        await until("listening on", 2)
-        pids = [int(pid) for pid in re.findall(r"worker \d started, pid (\d+)", "".join(lines))]
+    directory = write_config(tmp_path / "config", workers_toml(f"127.0.0.1:{admin}"), {"crm": site_toml(upstream)})
+    async with Serve.run(directory) as serve:
+        await serve.until("listening on", 2)
+        pids = serve.pids
         async with aiohttp.ClientSession() as client:
             for _ in range(50):  # the admin listener starts after the proxy listeners
                 try:
@@ -139,25 +158,14 @@ async def test_admin_reload_reaches_every_worker_and_orphans_stop(upstream: Upst
                         break
                 except aiohttp.ClientConnectorError:
                     await asyncio.sleep(0.1)
-        await until("configuration reloaded from", 2)  # the admin's worker, then the other through the parent
+        await serve.until("configuration reloaded from", 2)  # the admin's worker, then the other through the parent
         await asyncio.sleep(0.5)
-        while True:  # and no third reload follows
-            try:
-                lines.append((await asyncio.wait_for(process.stderr.readline(), 0.2)).decode())
-            except TimeoutError:
-                break
-        assert sum("configuration reloaded from" in line for line in lines) == 2, "".join(lines)
-        process.kill()  # the supervisor dies without a word: its workers must not linger
-        await process.wait()
+        await serve.settle()  # and no third reload follows
+        assert serve.count("configuration reloaded from") == 2, serve.log
+        serve.process.kill()  # the supervisor dies without a word: its workers must not linger
+        await serve.process.wait()
         for _ in range(100):
             if not any(Path(f"/proc/{pid}").exists() for pid in pids):
                 break
             await asyncio.sleep(0.1)
         assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
